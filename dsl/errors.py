@@ -1,0 +1,73 @@
+"""Source locations and user-facing diagnostics: Loc + message -> rendered `path:line:col: error:` text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Loc:
+    """A position in a `.net` file; line and column count from 1."""
+
+    path: str
+    line: int
+    column: int
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One error or warning, with the text of the source line it points into."""
+
+    severity: str  # "error" or "warning"
+    message: str
+    loc: Loc
+    source_line: str = ""
+
+    def render(self) -> str:
+        head = f"{self.loc.path}:{self.loc.line}:{self.loc.column}: {self.severity}: {self.message}"
+        if not self.source_line:
+            return head
+        line = self.source_line.rstrip("\n").expandtabs(4)
+        caret = " " * (4 + max(self.loc.column - 1, 0)) + "^"
+        return f"{head}\n    {line}\n{caret}"
+
+
+class NetError(Exception):
+    """A mistake in a user's `.net` file or data, with every diagnostic found.
+
+    `.path`, `.line`, `.column` and `.message` describe the first error;
+    `str()` is the rendered text of all of them, in source order.
+    """
+
+    def __init__(self, diagnostics: list[Diagnostic] | Diagnostic | str, loc: Loc | None = None):
+        if isinstance(diagnostics, str):
+            diagnostics = Diagnostic("error", diagnostics, loc or Loc("<input>", 0, 0))
+        if isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        if not diagnostics:
+            raise ValueError("NetError needs at least one diagnostic")
+        self.diagnostics: list[Diagnostic] = list(diagnostics)
+        first = self.diagnostics[0]
+        self.path, self.line, self.column = first.loc.path, first.loc.line, first.loc.column
+        self.message = first.message
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        return "\n".join(d.render() for d in self.diagnostics)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+class DataError(NetError):
+    """A problem with a dataset or a checkpoint on disk (not in the `.net` text).
+
+    Raised with a plain message (no source line), e.g. a missing or corrupt
+    IDX file; the CLI prints `error: MESSAGE` and exits 1.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(Diagnostic("error", message, Loc("<data>", 0, 0)))
+
+    def render(self) -> str:
+        return f"error: {self.message}"

@@ -1,0 +1,137 @@
+"""Command line -> one of the `netc` commands (spec/CLI.md); user mistakes exit 1 without a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+
+# command -> the module whose `run(args) -> int` carries it out
+_COMMANDS: dict[str, str] = {
+    "compile": "netc.runtime.compile_cmd",
+    "train": "netc.runtime.train_cmd",
+    "eval": "netc.runtime.eval_cmd",
+    "check": "netc.runtime.check",
+    "bench": "netc.runtime.bench",
+}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _add_device(parser: argparse.ArgumentParser, backend: bool = True) -> None:
+    parser.add_argument(
+        "--device", choices=["auto", "cuda", "cpu"], default="auto",
+        help="where to run: cuda when PyTorch sees a GPU (auto), else cpu",
+    )
+    if backend:
+        parser.add_argument(
+            "--backend", choices=["auto", "triton", "torch"], default="auto",
+            help="triton: our kernels (interpreted on cpu); torch: PyTorch's operators; "
+            "auto: triton on cuda, torch on cpu",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netc",
+        description="Compile .net network descriptions to Triton kernels, train and check them.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    compile_parser = commands.add_parser(
+        "compile", help="parse, check and lower FILE; print one row per layer",
+        description="Parse, check and lower FILE; print one row per layer and totals.",
+    )
+    compile_parser.add_argument("file", metavar="FILE", help="a .net file")
+    compile_parser.add_argument(
+        "--emit", choices=["ast", "ir", "plan", "triton"],
+        help="show one stage instead: syntax tree, IR, kernel plan, or Triton source",
+    )
+    compile_parser.add_argument("--json", action="store_true", help="print the table as JSON")
+
+    train = commands.add_parser(
+        "train", help="train FILE on its dataset",
+        description="Train FILE on its dataset; checkpoint after every epoch.",
+    )
+    train.add_argument("file", metavar="FILE", help="a .net file")
+    train.add_argument("--epochs", type=_positive_int, help="override the file's epochs")
+    train.add_argument("--batch", type=_positive_int, help="override the file's batch size")
+    train.add_argument("--lr", type=_positive_float, help="override the optimizer's learning rate")
+    train.add_argument("--seed", type=int, help="override the file's seed")
+    _add_device(train)
+    train.add_argument("--out", metavar="DIR", help="checkpoint and metrics directory (runs/NAME)")
+    train.add_argument("--resume", metavar="DIR", help="continue from the checkpoint in DIR")
+    train.add_argument("--limit", type=_positive_int, metavar="N",
+                       help="use only the first N training samples")
+
+    evaluate = commands.add_parser(
+        "eval", help="test loss and accuracy of a checkpoint",
+        description="Test loss and accuracy of a checkpoint of FILE.",
+    )
+    evaluate.add_argument("file", metavar="FILE", help="a .net file")
+    evaluate.add_argument("--checkpoint", metavar="DIR", required=True, help="checkpoint directory")
+    _add_device(evaluate)
+
+    check = commands.add_parser(
+        "check", help="compare every layer's Triton kernels with PyTorch",
+        description="Run every layer of FILE forward and backward with the Triton kernels and "
+        "with PyTorch on the same random inputs; exit 1 if any error exceeds the tolerance.",
+    )
+    check.add_argument("file", metavar="FILE", help="a .net file")
+    _add_device(check, backend=False)
+    check.add_argument("--batch", type=_positive_int, default=4, help="batch size (4)")
+    check.add_argument("--tol", type=_positive_float, default=None,
+                       help="largest relative error allowed (default: by precision)")
+
+    bench = commands.add_parser(
+        "bench", help="time training steps: Triton vs PyTorch eager vs torch.compile",
+        description="Time training steps of FILE with the Triton kernels, PyTorch eager and "
+        "torch.compile, side by side; print steps/s and ratios.",
+    )
+    bench.add_argument("file", metavar="FILE", help="a .net file")
+    _add_device(bench, backend=False)
+    bench.add_argument("--steps", type=_positive_int, default=None, help="timed steps per contender")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "device", None) == "cpu" and getattr(args, "backend", "triton") != "torch":
+        # Triton binds kernels to its interpreter at import: decide before any kernel loads.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from netc.dsl.errors import NetError
+
+    try:
+        module = importlib.import_module(_COMMANDS[args.command])
+        return int(module.run(args) or 0)
+    except NetError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(str(error), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
