@@ -26,7 +26,8 @@ Node attributes per op (all keys always present):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from netc.dsl.errors import Loc
 
@@ -50,7 +51,7 @@ class Node:
     params: Mapping[str, Shape]  # parameter name -> shape, in PyTorch's order
     flops: int  # forward FLOPs per sample (a multiply-add counts 2)
     loc: Loc
-    body: tuple["Node", ...] = ()  # only for residual
+    body: tuple[Node, ...] = ()  # only for residual
 
     @property
     def param_count(self) -> int:

@@ -34,7 +34,7 @@ _EXPORTS: dict[str, str] = {
     "gru": "recurrent",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 ensure_backend()  # decide TRITON_INTERPRET before any family module imports triton
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def ensure_backend(device: str | None = None) -> None:
@@ -29,3 +33,20 @@ def ensure_backend(device: str | None = None) -> None:
 def interpreting() -> bool:
     """True when kernels run through Triton's CPU interpreter."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# Tests set this to fill every kernel output with NaN before launch, so an
+# element that a kernel forgets to write shows up as NaN instead of stale memory.
+POISON_OUTPUTS = False
+
+
+def new_empty(
+    shape: tuple[int, ...] | list[int], like: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Allocate a kernel output on `like`'s device (NaN-filled when POISON_OUTPUTS is set)."""
+    import torch
+
+    out = torch.empty(tuple(shape), device=like.device, dtype=dtype or like.dtype)
+    if POISON_OUTPUTS:
+        out.fill_(float("nan") if out.is_floating_point() else -1)
+    return out
