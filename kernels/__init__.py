@@ -16,6 +16,7 @@ from netc.kernels.config import ensure_backend
 # public name -> the family module that defines it
 _EXPORTS: dict[str, str] = {
     "conv2d": "conv",
+    "conv2d_act": "conv",
     "max_pool2d": "pool",
     "avg_pool2d": "pool",
     "linear": "linear",
