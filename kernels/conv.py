@@ -1,0 +1,456 @@
+"""2-D convolution (+ fused bias and activation): tensors in, Triton implicit-GEMM kernels, tensors out.
+
+Each direction (forward, input gradient, weight + bias gradient) is an
+implicit GEMM whose operand tiles are gathered with the convolution's index
+math (stride, padding, dilation, groups); nothing calls PyTorch's
+convolution. Precision of every GEMM kernel here: float32 inputs multiply
+with `tl.dot(input_precision="ieee")`, PyTorch's float32 numbers, and
+accumulate in float32 (`"tf32"` instead when `ALLOW_TF32` is set and the
+kernels are compiled for a GPU); float64 inputs use a float64 sum of
+products, not `tl.dot`, so they run on GPUs without float64 MMA too.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+from netc.kernels import config
+
+__all__ = ["conv2d", "conv2d_act"]
+
+# True lets float32 dots use TF32 on the GPU (faster, ~1e-3 relative error). The interpreter ignores it.
+ALLOW_TF32 = False
+
+# activation name -> the code the kernels branch on at compile time
+_ACTIVATIONS: dict[str | None, int] = {None: 0, "relu": 1, "tanh": 2, "sigmoid": 3, "leaky_relu": 4}
+
+
+@dataclass(frozen=True)
+class _LaunchConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+@functools.lru_cache(maxsize=None)
+def _launch_config(kind: str, dtype: torch.dtype, interpreted: bool) -> _LaunchConfig:
+    """The one place that picks block sizes per kernel ("fwd", "bwd_input", "bwd_weight").
+
+    The interpreter runs programs one after another, so it gets few, large
+    tiles. On the GPU, float32 tiles feed `tl.dot` (every side >= 16);
+    float64 tiles feed a broadcast product (BLOCK_M x BLOCK_K x BLOCK_N
+    values live at once), so they stay small.
+    """
+    if interpreted:
+        return _LaunchConfig(64, 32, 32, 1, 1)
+    if dtype == torch.float64:
+        return _LaunchConfig(32, 32, 8, 4, 1)
+    if kind == "bwd_weight":  # few output tiles, long K (= N*OH*OW): wider K steps
+        return _LaunchConfig(32, 64, 64, 4, 3)
+    return _LaunchConfig(64, 32, 32, 4, 3)
+
+
+@triton.jit
+def _mac(acc, a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """acc (BM, BN) += a (BM, BK) @ b (BK, BN)."""
+    if USE_DOT:
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    else:
+        acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    return acc
+
+
+@triton.jit
+def _activate(z, ACT: tl.constexpr, slope):
+    """Epilogue activation; tanh via sigmoid because libdevice is unavailable in the interpreter."""
+    if ACT == 1:
+        z = tl.where(z > 0, z, 0.0)
+    elif ACT == 2:
+        z = 2.0 / (1.0 + tl.exp(-2.0 * z)) - 1.0
+    elif ACT == 3:
+        z = 1.0 / (1.0 + tl.exp(-z))
+    elif ACT == 4:
+        z = tl.where(z > 0, z, z * slope)
+    return z
+
+
+@triton.jit
+def _conv2d_fwd_kernel(
+    x_ptr,  # (N, C, H, W) input, any strides
+    w_ptr,  # (OC, CG, KH, KW) weight, any strides
+    b_ptr,  # (OC,) bias (unused unless HAS_BIAS)
+    y_ptr,  # (N, OC, OH, OW) output, contiguous
+    sxn, sxc, sxh, sxw,  # input strides, in elements
+    swo, swc, swh, sww,  # weight strides, in elements
+    H, W, OH, OW,  # input and output spatial sizes
+    M,  # GEMM rows: N * OH * OW
+    CG, OCG,  # input / output channels per group
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,  # pads are the top / left ones
+    slope,  # leaky_relu's negative slope
+    KH: tl.constexpr, KW: tl.constexpr,  # kernel size
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr,  # epilogue: bias, activation code
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,  # tl.dot or sum of products; dot precision
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    group = tl.program_id(2)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # flat (n, oh, ow)
+    row_ok = rows < M
+    ow = rows % OW
+    oh = (rows // OW) % OH
+    n = (rows // (OW * OH)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # output channel within the group
+    col_ok = cols < OCG
+    oc = group * OCG + cols
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=y_ptr.dtype.element_ty)
+    for k0 in range(0, CG * KH * KW, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)  # flat (c, kh, kw)
+        k_ok = ks < CG * KH * KW
+        kw = ks % KW
+        kh = (ks // KW) % KH
+        c = ks // (KW * KH)
+        ih = oh[:, None] * stride_h - pad_h + kh[None, :] * dil_h
+        iw = ow[:, None] * stride_w - pad_w + kw[None, :] * dil_w
+        a_ok = row_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a_off = n[:, None] * sxn + (group * CG + c)[None, :] * sxc + ih * sxh + iw * sxw
+        a = tl.load(x_ptr + a_off, mask=a_ok, other=0.0)
+        b_off = oc[None, :] * swo + c[:, None] * swc + kh[:, None] * swh + kw[:, None] * sww
+        b = tl.load(w_ptr + b_off, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = _mac(acc, a, b, USE_DOT, PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + oc, mask=col_ok, other=0.0)[None, :]
+    acc = _activate(acc, ACT, slope)
+    y_off = (n[:, None] * (OCG * tl.num_programs(2)) + oc[None, :]) * (OH * OW) + (oh * OW + ow)[:, None]
+    tl.store(y_ptr + y_off, acc, mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _conv2d_bwd_input_kernel(
+    dy_ptr,  # (N, OC, OH, OW) output gradient (after the activation's derivative), any strides
+    w_ptr,  # (OC, CG, KH, KW) weight, any strides
+    dx_ptr,  # (N, C, H, W) input gradient, contiguous
+    sdn, sdc, sdh, sdw,  # output-gradient strides
+    swo, swc, swh, sww,  # weight strides
+    H, W, OH, OW,  # input and output spatial sizes
+    M,  # GEMM rows: N * H * W
+    CG, OCG,  # input / output channels per group
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr,
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    group = tl.program_id(2)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # flat (n, h, w)
+    row_ok = rows < M
+    w_in = rows % W
+    h_in = (rows // W) % H
+    n = (rows // (W * H)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel within the group
+    col_ok = cols < CG
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=dx_ptr.dtype.element_ty)
+    for k0 in range(0, OCG * KH * KW, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)  # flat (oc, kh, kw)
+        k_ok = ks < OCG * KH * KW
+        kw = ks % KW
+        kh = (ks // KW) % KH
+        oc = group * OCG + ks // (KW * KH)
+        # input row h meets tap kh in output row oh = (h + pad - kh*dil) / stride when that divides
+        th = h_in[:, None] + pad_h - kh[None, :] * dil_h
+        tw = w_in[:, None] + pad_w - kw[None, :] * dil_w
+        oh = th // stride_h
+        ow = tw // stride_w
+        hit = (th >= 0) & (th % stride_h == 0) & (oh < OH) & (tw >= 0) & (tw % stride_w == 0) & (ow < OW)
+        a_ok = row_ok[:, None] & k_ok[None, :] & hit
+        a_off = n[:, None] * sdn + oc[None, :] * sdc + oh * sdh + ow * sdw
+        a = tl.load(dy_ptr + a_off, mask=a_ok, other=0.0)
+        b_off = oc[:, None] * swo + cols[None, :] * swc + kh[:, None] * swh + kw[:, None] * sww
+        b = tl.load(w_ptr + b_off, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = _mac(acc, a, b, USE_DOT, PRECISION)
+    channels = CG * tl.num_programs(2)
+    dx_off = (n[:, None] * channels + (group * CG + cols)[None, :]) * (H * W) + (h_in * W + w_in)[:, None]
+    tl.store(dx_ptr + dx_off, acc, mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _conv2d_bwd_weight_kernel(
+    dy_ptr,  # (N, OC, OH, OW) output gradient (after the activation's derivative), any strides
+    x_ptr,  # (N, C, H, W) input, any strides
+    dw_ptr,  # (OC, CG * KH * KW) weight gradient, contiguous
+    db_ptr,  # (OC,) bias gradient (unused unless HAS_BIAS)
+    sdn, sdc, sdh, sdw,  # output-gradient strides
+    sxn, sxc, sxh, sxw,  # input strides
+    H, W, OH, OW,  # input and output spatial sizes
+    K,  # GEMM depth: N * OH * OW
+    CG, OCG,  # input / output channels per group
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    group = tl.program_id(2)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # output channel within the group
+    row_ok = rows < OCG
+    oc = group * OCG + rows
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # flat (c, kh, kw)
+    col_ok = cols < CG * KH * KW
+    kw = cols % KW
+    kh = (cols // KW) % KH
+    c = group * CG + cols // (KW * KH)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=dw_ptr.dtype.element_ty)
+    bias_acc = tl.zeros((BLOCK_M,), dtype=dw_ptr.dtype.element_ty)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)  # flat (n, oh, ow)
+        k_ok = ks < K
+        ow = ks % OW
+        oh = (ks // OW) % OH
+        n = (ks // (OW * OH)).to(tl.int64)
+        a_off = oc[:, None] * sdc + (n * sdn + oh * sdh + ow * sdw)[None, :]
+        a = tl.load(dy_ptr + a_off, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        ih = oh[:, None] * stride_h - pad_h + kh[None, :] * dil_h
+        iw = ow[:, None] * stride_w - pad_w + kw[None, :] * dil_w
+        b_ok = k_ok[:, None] & col_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        b_off = n[:, None] * sxn + c[None, :] * sxc + ih * sxh + iw * sxw
+        b = tl.load(x_ptr + b_off, mask=b_ok, other=0.0)
+        acc = _mac(acc, a, b, USE_DOT, PRECISION)
+        if HAS_BIAS:
+            bias_acc += tl.sum(a, axis=1)
+    dw_off = oc[:, None] * (CG * KH * KW) + cols[None, :]
+    tl.store(dw_ptr + dw_off, acc, mask=row_ok[:, None] & col_ok[None, :])
+    if HAS_BIAS:
+        if tl.program_id(1) == 0:  # one column of programs owns the bias
+            tl.store(db_ptr + oc, bias_acc, mask=row_ok)
+
+
+@triton.jit
+def _conv2d_act_bwd_kernel(
+    dy_ptr,  # (numel,) gradient w.r.t. the activation's output, contiguous
+    y_ptr,  # (numel,) the activation's output, contiguous
+    dz_ptr,  # (numel,) gradient w.r.t. the pre-activation, contiguous
+    numel,  # element count
+    slope,  # leaky_relu's negative slope (>= 0, so y > 0 exactly when z > 0)
+    ACT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    dy = tl.load(dy_ptr + offs, mask=ok, other=0.0)
+    y = tl.load(y_ptr + offs, mask=ok, other=0.0)
+    if ACT == 1:
+        dz = tl.where(y > 0, dy, 0.0)
+    elif ACT == 2:
+        dz = dy * (1.0 - y * y)
+    elif ACT == 3:
+        dz = dy * y * (1.0 - y)
+    else:
+        dz = tl.where(y > 0, dy, dy * slope)
+    tl.store(dz_ptr + offs, dz, mask=ok)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Everything the index math needs besides tensor sizes; pads are the top / left ones."""
+
+    stride: tuple[int, int]
+    pad: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    out_hw: tuple[int, int]
+
+
+def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+        raise ValueError(f"conv2d: {name} must be an int or a pair of ints, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _pads(padding: object, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]):
+    """(top, left) pads and the total extra rows / columns, as PyTorch pads them."""
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding == "same":
+        if stride != (1, 1):
+            raise ValueError("conv2d: padding='same' needs stride 1")
+        totals = tuple(d * (k - 1) for d, k in zip(dilation, kernel))
+        return tuple(t // 2 for t in totals), totals  # the odd pad goes to the bottom / right
+    if isinstance(padding, str):
+        raise ValueError(f"conv2d: padding must be 'same', 'valid', an int or a pair, got {padding!r}")
+    pad = _pair(padding, "padding")  # type: ignore[arg-type]
+    if min(pad) < 0:
+        raise ValueError(f"conv2d: padding must be >= 0, got {padding!r}")
+    return pad, (2 * pad[0], 2 * pad[1])
+
+
+def _geometry(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int) -> _Geometry:
+    stride_hw, dilation_hw = _pair(stride, "stride"), _pair(dilation, "dilation")
+    if min(stride_hw) < 1 or min(dilation_hw) < 1 or groups < 1:
+        raise ValueError("conv2d: stride, dilation and groups must be >= 1")
+    channels, out_channels = x.shape[1], weight.shape[0]
+    if channels % groups or out_channels % groups or weight.shape[1] * groups != channels:
+        raise ValueError(
+            f"conv2d: weight {tuple(weight.shape)} and groups={groups} do not fit {channels} input channels"
+        )
+    kernel = (weight.shape[2], weight.shape[3])
+    pad, pad_total = _pads(padding, kernel, stride_hw, dilation_hw)
+    out_hw = tuple(
+        (size + extra - d * (k - 1) - 1) // s + 1
+        for size, extra, d, k, s in zip(x.shape[2:], pad_total, dilation_hw, kernel, stride_hw)
+    )
+    if min(out_hw) < 1:
+        raise ValueError(f"conv2d: kernel {kernel} does not fit the padded input {tuple(x.shape[2:])}")
+    return _Geometry(stride_hw, pad, dilation_hw, groups, out_hw)  # type: ignore[arg-type]
+
+
+def _check_tensors(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    if x.dtype not in (torch.float32, torch.float64):
+        raise NotImplementedError(f"conv2d: dtype {x.dtype} (float32 and float64 only)")
+    if x.dim() not in (3, 4) or weight.dim() != 4:
+        raise ValueError(f"conv2d: expected (N,)C,H,W input and a 4-D weight, got {x.dim()}-D / {weight.dim()}-D")
+    others = [weight] + ([bias] if bias is not None else [])
+    if any(t.dtype != x.dtype or t.device != x.device for t in others):
+        raise NotImplementedError("conv2d: mixed dtypes or devices between input, weight and bias")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"conv2d: bias shape {tuple(bias.shape)} != ({weight.shape[0]},)")
+
+
+def _dot_args(dtype: torch.dtype, kind: str) -> dict:
+    """Launch keywords shared by the three GEMM kernels: precision, tiles, warps, stages."""
+    interpreted = config.interpreting()
+    cfg = _launch_config(kind, dtype, interpreted)
+    use_tf32 = ALLOW_TF32 and not interpreted
+    return dict(
+        USE_DOT=dtype == torch.float32,
+        PRECISION="tf32" if use_tf32 else "ieee",
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+
+
+def _geometry_args(geo: _Geometry) -> tuple[int, ...]:
+    return (*geo.stride, *geo.pad, *geo.dilation)
+
+
+def _forward(x, weight, bias, geo: _Geometry, act: int, slope: float) -> torch.Tensor:
+    batch, channels, height, width = x.shape
+    out_channels, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
+    out_h, out_w = geo.out_hw
+    y = config.new_empty((batch, out_channels, out_h, out_w), x)
+    args = _dot_args(x.dtype, "fwd")
+    rows, ocg = batch * out_h * out_w, out_channels // geo.groups
+    grid = (triton.cdiv(rows, args["BLOCK_M"]), triton.cdiv(ocg, args["BLOCK_N"]), geo.groups)
+    _conv2d_fwd_kernel[grid](
+        x, weight, bias if bias is not None else x, y, *x.stride(), *weight.stride(),
+        height, width, out_h, out_w, rows, channels // geo.groups, ocg, *_geometry_args(geo), slope,
+        KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act, **args,
+    )  # fmt: skip
+    return y
+
+
+def _backward_input(dz: torch.Tensor, weight: torch.Tensor, x_shape, geo: _Geometry) -> torch.Tensor:
+    batch, channels, height, width = x_shape
+    dx = config.new_empty(x_shape, dz)
+    args = _dot_args(dz.dtype, "bwd_input")
+    rows, cg = batch * height * width, channels // geo.groups
+    grid = (triton.cdiv(rows, args["BLOCK_M"]), triton.cdiv(cg, args["BLOCK_N"]), geo.groups)
+    _conv2d_bwd_input_kernel[grid](
+        dz, weight, dx, *dz.stride(), *weight.stride(), height, width, *geo.out_hw,
+        rows, cg, weight.shape[0] // geo.groups, *_geometry_args(geo),
+        KH=weight.shape[2], KW=weight.shape[3], **args,
+    )  # fmt: skip
+    return dx
+
+
+def _backward_weight(dz: torch.Tensor, x: torch.Tensor, w_shape, geo: _Geometry, with_bias: bool):
+    out_channels, cg, kh, kw = w_shape
+    dw = config.new_empty(w_shape, x)
+    db = config.new_empty((out_channels,), x) if with_bias else None
+    args = _dot_args(x.dtype, "bwd_weight")
+    ocg = out_channels // geo.groups
+    grid = (triton.cdiv(ocg, args["BLOCK_M"]), triton.cdiv(cg * kh * kw, args["BLOCK_N"]), geo.groups)
+    _conv2d_bwd_weight_kernel[grid](
+        dz, x, dw, db if with_bias else dw, *dz.stride(), *x.stride(), *x.shape[2:], *geo.out_hw,
+        x.shape[0] * geo.out_hw[0] * geo.out_hw[1], cg, ocg, *_geometry_args(geo),
+        KH=kh, KW=kw, HAS_BIAS=with_bias, **args,
+    )  # fmt: skip
+    return dw, db
+
+
+def _activation_backward(dy: torch.Tensor, y: torch.Tensor, act: int, slope: float) -> torch.Tensor:
+    dy = dy.contiguous()
+    dz = config.new_empty(y.shape, y)
+    block = 4096 if config.interpreting() else 1024
+    grid = (triton.cdiv(y.numel(), block),)
+    _conv2d_act_bwd_kernel[grid](dy, y, dz, y.numel(), slope, ACT=act, BLOCK=block, num_warps=4)
+    return dz
+
+
+class _Conv2dFunction(torch.autograd.Function):
+    """conv2d + bias + activation; the backward applies the activation's derivative from the saved output."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, geo: _Geometry, act: int, slope: float):  # type: ignore[override]
+        y = _forward(x, weight, bias, geo, act, slope)
+        ctx.save_for_backward(x, weight, y if act else None)
+        ctx.geo, ctx.act, ctx.slope, ctx.has_bias = geo, act, slope, bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):  # type: ignore[override]
+        x, weight, y = ctx.saved_tensors
+        dz = _activation_backward(dy, y, ctx.act, ctx.slope) if ctx.act else dy
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx = _backward_input(dz, weight, x.shape, ctx.geo) if need_x else None
+        dw = db = None
+        if need_w or (need_b and ctx.has_bias):
+            dw, db = _backward_weight(dz, x, weight.shape, ctx.geo, ctx.has_bias and need_b)
+        return dx, dw if need_w else None, db, None, None, None
+
+
+def conv2d_act(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    activation: str | None = None,
+    slope: float = 0.01,
+) -> torch.Tensor:
+    """`activation(F.conv2d(...))` in one kernel; activation is relu, tanh, sigmoid, leaky_relu or None.
+
+    `slope` is leaky_relu's negative slope. Precision: see the module docstring.
+    """
+    if activation not in _ACTIVATIONS:
+        raise NotImplementedError(f"conv2d_act: activation {activation!r} (one of {list(_ACTIVATIONS)})")
+    if activation == "leaky_relu" and slope < 0:
+        raise NotImplementedError("conv2d_act: leaky_relu with a negative slope")
+    _check_tensors(input, weight, bias)
+    batched = input.dim() == 4
+    x = input if batched else input.unsqueeze(0)
+    geo = _geometry(x, weight, stride, padding, dilation, groups)
+    y = _Conv2dFunction.apply(x, weight, bias, geo, _ACTIVATIONS[activation], float(slope))
+    return y if batched else y.squeeze(0)
+
+
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """`torch.nn.functional.conv2d` as Triton implicit GEMMs (ieee float32 dots; float64 sums of products)."""
+    return conv2d_act(input, weight, bias, stride, padding, dilation, groups, activation=None)
