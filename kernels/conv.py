@@ -40,7 +40,7 @@ class _LaunchConfig:
     num_stages: int
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _launch_config(kind: str, dtype: torch.dtype, interpreted: bool) -> _LaunchConfig:
     """The one place that picks block sizes per kernel ("fwd", "bwd_input", "bwd_weight").
 
@@ -277,7 +277,7 @@ def _pads(padding: object, kernel: tuple[int, int], stride: tuple[int, int], dil
     if padding == "same":
         if stride != (1, 1):
             raise ValueError("conv2d: padding='same' needs stride 1")
-        totals = tuple(d * (k - 1) for d, k in zip(dilation, kernel))
+        totals = tuple(d * (k - 1) for d, k in zip(dilation, kernel, strict=True))
         return tuple(t // 2 for t in totals), totals  # the odd pad goes to the bottom / right
     if isinstance(padding, str):
         raise ValueError(f"conv2d: padding must be 'same', 'valid', an int or a pair, got {padding!r}")
@@ -300,7 +300,7 @@ def _geometry(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, 
     pad, pad_total = _pads(padding, kernel, stride_hw, dilation_hw)
     out_hw = tuple(
         (size + extra - d * (k - 1) - 1) // s + 1
-        for size, extra, d, k, s in zip(x.shape[2:], pad_total, dilation_hw, kernel, stride_hw)
+        for size, extra, d, k, s in zip(x.shape[2:], pad_total, dilation_hw, kernel, stride_hw, strict=True)
     )
     if min(out_hw) < 1:
         raise ValueError(f"conv2d: kernel {kernel} does not fit the padded input {tuple(x.shape[2:])}")
@@ -311,7 +311,8 @@ def _check_tensors(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if x.dtype not in (torch.float32, torch.float64):
         raise NotImplementedError(f"conv2d: dtype {x.dtype} (float32 and float64 only)")
     if x.dim() not in (3, 4) or weight.dim() != 4:
-        raise ValueError(f"conv2d: expected (N,)C,H,W input and a 4-D weight, got {x.dim()}-D / {weight.dim()}-D")
+        shapes = f"{tuple(x.shape)}, {tuple(weight.shape)}"
+        raise ValueError(f"conv2d: expected a 3-D or 4-D input and a 4-D weight, got {shapes}")
     others = [weight] + ([bias] if bias is not None else [])
     if any(t.dtype != x.dtype or t.device != x.device for t in others):
         raise NotImplementedError("conv2d: mixed dtypes or devices between input, weight and bias")
