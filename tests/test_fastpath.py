@@ -1,0 +1,162 @@
+"""The fast training step equals a plain eager step: same losses, weights and optimizer state.
+
+On the CPU the fast step runs eagerly; with NETC_TEST_GPU=1 the same tests
+run on CUDA, where it replays a captured CUDA graph.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from netc.runtime.fastpath import hyperparameters, make_train_step, run_epoch, warm_up_and_restore
+
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+
+
+def _small_net(device: str) -> nn.Module:
+    """(N, 1, 9, 9) -> (N, 5): odd sizes, a conv, a pool and two linears."""
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(3 * 3 * 3, 7), nn.Tanh(), nn.Linear(7, 5),
+    ).to(device)
+
+
+def _sgd(module: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
+
+
+def _adam(module: nn.Module) -> torch.optim.Optimizer:
+    # capturable keeps Adam's step count on the device, which a CUDA graph needs
+    on_cuda = next(module.parameters()).is_cuda
+    return torch.optim.Adam(module.parameters(), lr=0.01, capturable=on_cuda)
+
+
+def _batches(device: str, count: int, size: int = 6) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(torch.randn(size, 1, 9, 9, device=device), torch.randint(0, 5, (size,), device=device))
+            for _ in range(count)]
+
+
+def _plain_step(module: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                y: torch.Tensor) -> float:
+    optimizer.zero_grad()
+    loss = F.cross_entropy(module(x), y)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _assert_same_state(fast: nn.Module, plain: nn.Module, fast_opt: torch.optim.Optimizer,
+                       plain_opt: torch.optim.Optimizer) -> None:
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"weight {name}")
+    for a_param, b_param in zip(fast.parameters(), plain.parameters(), strict=True):
+        a_state, b_state = fast_opt.state[a_param], plain_opt.state[b_param]
+        assert a_state.keys() == b_state.keys()
+        for key in a_state:
+            torch.testing.assert_close(torch.as_tensor(a_state[key]).cpu().float(),
+                                       torch.as_tensor(b_state[key]).cpu().float(), rtol=1e-5, atol=1e-6)
+
+
+def _pair(device: str, make_opt: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer,
+                                                             nn.Module, torch.optim.Optimizer]:
+    fast = _small_net(device)
+    plain = copy.deepcopy(fast)
+    return fast, make_opt(fast), plain, make_opt(plain)
+
+
+@pytest.mark.parametrize("make_opt", [_sgd, _adam], ids=["sgd-momentum", "adam"])
+def test_fast_step_equals_plain_step(device: str, make_opt: OptimizerFactory) -> None:
+    fast, fast_opt, plain, plain_opt = _pair(device, make_opt)
+    data = _batches(device, 4)
+    step = make_train_step(fast, fast_opt, F.cross_entropy, data[0])
+    assert step.mode == ("graph" if device == "cuda" else "eager"), step.reason
+    for x, y in data:
+        fast_loss = float(step(x, y))
+        assert fast_loss == pytest.approx(_plain_step(plain, plain_opt, x, y), rel=1e-5)
+    _assert_same_state(fast, plain, fast_opt, plain_opt)
+
+
+@pytest.mark.parametrize("make_opt", [_sgd, _adam], ids=["sgd-momentum", "adam"])
+def test_warm_up_leaves_weights_and_fresh_state(device: str, make_opt: OptimizerFactory) -> None:
+    """The warm-up moves the weights; restoring must undo it and zero the state it created."""
+    fast, fast_opt, plain, plain_opt = _pair(device, make_opt)
+    x, y = _batches(device, 1)[0]
+    warm_up_and_restore(fast, fast_opt, lambda: _plain_step(fast, fast_opt, x, y), count=2)
+    for a, b in zip(fast.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert fast_opt.state, "the warm-up should have created optimizer state"
+    for state in fast_opt.state.values():
+        for value in state.values():
+            assert not torch.as_tensor(value).any(), "state from the warm-up was not reset"
+    # the next step is the first real one: momentum and Adam's moments start from zero
+    assert _plain_step(fast, fast_opt, x, y) == pytest.approx(_plain_step(plain, plain_opt, x, y))
+    _assert_same_state(fast, plain, fast_opt, plain_opt)
+
+
+def test_changed_lr_takes_effect(device: str) -> None:
+    fast, fast_opt, plain, plain_opt = _pair(device, _sgd)
+    data = _batches(device, 4)
+    step = make_train_step(fast, fast_opt, F.cross_entropy, data[0])
+    for index, (x, y) in enumerate(data):
+        if index == 2:
+            for group in (*fast_opt.param_groups, *plain_opt.param_groups):
+                group["lr"] = 0.37
+        assert float(step(x, y)) == pytest.approx(_plain_step(plain, plain_opt, x, y), rel=1e-5)
+    _assert_same_state(fast, plain, fast_opt, plain_opt)
+    if step.mode == "graph":
+        assert step.captures == 2, "a new lr must re-capture the graph"
+
+
+def test_hyperparameters_see_lr_but_not_params() -> None:
+    module = _small_net("cpu")
+    optimizer = _sgd(module)
+    before = hyperparameters(optimizer)
+    optimizer.param_groups[0]["lr"] = 0.5
+    after = hyperparameters(optimizer)
+    assert before != after and ("lr", 0.5) in after[0]
+    assert all(key != "params" for key, _ in after[0])
+
+
+def test_run_epoch_with_short_last_batch(device: str) -> None:
+    """17 samples in batches of 6: two full steps (graph on CUDA) and a short eager one."""
+    fast, fast_opt, plain, plain_opt = _pair(device, _sgd)
+    images = torch.randn(17, 1, 9, 9, device=device)
+    labels = torch.randint(0, 5, (17,), device=device)
+    order = torch.randperm(17, device=device)
+    step = make_train_step(fast, fast_opt, F.cross_entropy, (images[:6], labels[:6]))
+    total = run_epoch(step, images, labels, 6, order)
+    expected = 0.0
+    for begin in range(0, 17, 6):
+        index = order[begin:begin + 6]
+        expected += _plain_step(plain, plain_opt, images[index], labels[index]) * index.numel()
+    assert float(total) == pytest.approx(expected, rel=1e-5)
+    _assert_same_state(fast, plain, fast_opt, plain_opt)
+    if device == "cuda":  # a full batch after the short one still replays the graph correctly
+        x, y = _batches(device, 1)[0]
+        assert float(step(x, y)) == pytest.approx(_plain_step(plain, plain_opt, x, y), rel=1e-5)
+
+
+def test_gradient_clipping_matches_plain(device: str) -> None:
+    fast, fast_opt, plain, plain_opt = _pair(device, _sgd)
+    data = _batches(device, 3)
+    step = make_train_step(fast, fast_opt, F.cross_entropy, data[0], clip=0.05)
+    for x, y in data:
+        step(x, y)
+        plain_opt.zero_grad()
+        F.cross_entropy(plain(x), y).backward()
+        norm = nn.utils.clip_grad_norm_(plain.parameters(), 0.05)
+        assert float(norm) > 0.05, "the test needs clipping to bite"
+        plain_opt.step()
+    _assert_same_state(fast, plain, fast_opt, plain_opt)
+
+
+def test_capture_on_cpu_is_refused() -> None:
+    module = _small_net("cpu")
+    with pytest.raises(NotImplementedError, match="CUDA"):
+        make_train_step(module, _sgd(module), F.cross_entropy, _batches("cpu", 1)[0], capture=True)
