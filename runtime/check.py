@@ -1,0 +1,195 @@
+"""`netc check FILE`: each layer and the whole net, Triton kernels vs PyTorch -> error tables, exit 0/1.
+
+Each layer is built twice (Triton and torch backends, the same parameters),
+run forward and backward on the same random input of its in_shape (with the
+batch of --batch) and the same random output gradient; then the whole
+network (fusions applied on the Triton side, eval mode) plus its loss. The
+error of a tensor is max|a - b| (absolute) and that divided by
+max(max|b|, 1e-6) (relative to the reference's scale, so it stays
+meaningful where the reference is near zero). Layers run in float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from netc.dsl.ir import Graph, Node
+from netc.runtime.fuse import walk
+from netc.runtime.layers import build_layer
+from netc.runtime.lower import Network, compile, resolve_target
+
+# Default largest relative error: float32 with ieee dots differs from PyTorch only by summation order.
+TOLERANCE_IEEE = 1e-4
+# With TF32 dots (a 10-bit mantissa) on the GPU, products carry ~5e-4 relative error each.
+TOLERANCE_TF32 = 1e-2
+SCALE_FLOOR = 1e-6  # the smallest reference scale a relative error divides by
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One tensor compared: which layer, which tensor, the largest errors."""
+
+    layer: str
+    tensor: str
+    abs_error: float
+    rel_error: float
+
+
+def compare(layer: str, tensor: str, got: torch.Tensor | None, want: torch.Tensor | None) -> Comparison:
+    """Errors of `got` against the reference `want`; a missing, misshapen or non-finite result is inf."""
+    if got is None or want is None or got.shape != want.shape:
+        both_missing = got is None and want is None
+        return Comparison(layer, tensor, 0.0 if both_missing else float("inf"),
+                          0.0 if both_missing else float("inf"))
+    got, want = got.detach().double(), want.detach().double()
+    if not bool(torch.isfinite(got).all()):  # NaN or inf (e.g. a poisoned element never written)
+        return Comparison(layer, tensor, float("inf"), float("inf"))
+    if got.numel() == 0:
+        return Comparison(layer, tensor, 0.0, 0.0)
+    abs_error = float((got - want).abs().nan_to_num(nan=float("inf")).max())  # a NaN reference fails too
+    scale = max(float(want.abs().max()), SCALE_FLOOR)
+    return Comparison(layer, tensor, abs_error, abs_error / scale)
+
+
+def default_tolerance(device: torch.device) -> tuple[float, str]:
+    """The default largest relative error and the precision it assumes, in words."""
+    if device.type == "cuda" and _tf32_enabled():
+        return TOLERANCE_TF32, "float32 with TF32 dots"
+    return TOLERANCE_IEEE, "float32 with ieee dots"
+
+
+def _tf32_enabled() -> bool:
+    import importlib
+
+    for family in ("conv", "linear", "recurrent"):
+        module = importlib.import_module(f"netc.kernels.{family}")
+        if getattr(module, "ALLOW_TF32", False):
+            return True
+    return False
+
+
+def _forward_backward(
+    module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor | None]]:
+    """Output, input gradient and parameter gradients of one run (grads cleared first)."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    out = module(x)
+    out.backward(grad_out if grad_out is not None else torch.randn_like(out))
+    grads = {name: p.grad for name, p in module.named_parameters()}
+    return out, x.grad, grads
+
+
+def check_layer(node: Node, device: torch.device, batch: int) -> list[Comparison]:
+    """One layer (a residual with its body) on both backends: output, input grad, parameter grads."""
+    torch.manual_seed(SEED)
+    reference = build_layer(node, "torch").to(device)
+    triton_layer = build_layer(node, "triton").to(device)
+    triton_layer.load_state_dict(reference.state_dict())
+    x = torch.randn(batch, *node.in_shape, device=device)
+    if node.op == "dropout":
+        return _check_dropout(node, triton_layer, x)
+    reference.eval()
+    triton_layer.eval()
+    grad_out = torch.randn(batch, *node.out_shape, device=device)
+    want_out, want_dx, want_grads = _forward_backward(reference, x, grad_out)
+    got_out, got_dx, got_grads = _forward_backward(triton_layer, x, grad_out)
+    rows = [compare(node.name, "output", got_out, want_out),
+            compare(node.name, "grad input", got_dx, want_dx)]
+    rows += [compare(node.name, f"grad {name}", got_grads[name], want_grads[name]) for name in want_grads]
+    return rows
+
+
+def _check_dropout(node: Node, triton_layer: nn.Module, x: torch.Tensor) -> list[Comparison]:
+    """Training-mode dropout: the reference keeps exactly the elements the kernel kept, scaled by 1/(1-p)."""
+    p = float(node.attrs["p"])
+    triton_layer.train()
+    x_triton = x.clone().requires_grad_(True)
+    got = triton_layer(x_triton)
+    kept = (got != 0).to(x.dtype)  # x is standard normal: a zero output means dropped
+    x_ref = x.clone().requires_grad_(True)
+    want = x_ref * kept / (1.0 - p)
+    grad_out = torch.randn_like(want)
+    got.backward(grad_out)
+    want.backward(grad_out)
+    return [compare(node.name, "output", got, want),
+            compare(node.name, "grad input", x_triton.grad, x_ref.grad)]
+
+
+def check_network(graph: Graph, device: torch.device, batch: int) -> list[Comparison]:
+    """The whole net (fused on the Triton side) in eval mode, plus its loss on random targets."""
+    reference = compile(graph, device, "torch", seed=SEED).eval()
+    triton_net = compile(graph, device, "triton").eval()
+    triton_net.load_state_dict(reference.state_dict())
+    x = torch.randn(batch, *graph.input_shape, device=device)
+    classifies = len(graph.output_shape) == 1
+    targets = torch.randint(0, graph.output_shape[0], (batch,), device=device) if classifies else None
+    runs = [_network_run(net, x, targets, graph.train.label_smoothing) for net in (triton_net, reference)]
+    (got_out, got_loss, got_dx, got_grads), (want_out, want_loss, want_dx, want_grads) = runs
+    rows = [compare("net", "output", got_out, want_out)]
+    if classifies:
+        rows.append(compare("net", "loss", got_loss, want_loss))
+    rows.append(compare("net", "grad input", got_dx, want_dx))
+    rows += [compare("net", f"grad {name}", got_grads[name], want_grads[name]) for name in want_grads]
+    return rows
+
+
+def _network_run(
+    net: Network, x: torch.Tensor, targets: torch.Tensor | None, label_smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, torch.Tensor | None]]:
+    torch.manual_seed(SEED + 1)  # the same output gradient on both sides when there is no loss
+    x = x.clone().requires_grad_(True)
+    out = net(x)
+    loss = net.loss(out, targets, label_smoothing) if targets is not None else None
+    if loss is not None:
+        loss.backward()
+    else:
+        out.backward(torch.randn_like(out))
+    return out, loss, x.grad, {name: p.grad for name, p in net.named_parameters()}
+
+
+def format_rows(rows: list[Comparison], tolerance: float) -> str:
+    """One line per tensor: layer, tensor, largest absolute and relative error, ok/FAIL."""
+    lines = [f"  {'tensor':<22} {'max abs err':>12} {'max rel err':>12}"]
+    for row in rows:
+        verdict = "ok" if row.rel_error <= tolerance else "FAIL"
+        lines.append(f"  {row.tensor:<22} {row.abs_error:>12.3e} {row.rel_error:>12.3e}  {verdict}")
+    return "\n".join(lines)
+
+
+def _layer_title(node: Node) -> str:
+    shape = "x".join(map(str, node.in_shape))
+    return f"layer {node.name} {node.op} (line {node.loc.line}), input [N={{batch}}, {shape}]"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check FILE layer by layer and as a whole; print the tables; 1 if any error exceeds the tolerance."""
+    from netc.dsl import parse
+
+    graph = parse(args.file)
+    device, _, _ = resolve_target(args.device, "triton")
+    tolerance, precision = default_tolerance(device)
+    if args.tol is not None:
+        tolerance, precision = args.tol, "given by --tol"
+    print(f"netc check {graph.name}: triton vs torch on {device}, batch {args.batch}, "
+          f"tolerance {tolerance:g} relative ({precision})")
+    failures = 0
+    sections = [(_layer_title(node).format(batch=args.batch), check_layer(node, device, args.batch))
+                for node in walk(graph.nodes)]
+    whole = f"whole network {graph.name} (fused, eval mode) + loss"
+    sections.append((whole, check_network(graph, device, args.batch)))
+    for title, rows in sections:
+        print(title)
+        print(format_rows(rows, tolerance))
+        failures += sum(row.rel_error > tolerance for row in rows)
+    total = sum(len(rows) for _, rows in sections)
+    if failures:
+        print(f"FAILED: {failures} of {total} tensors exceed the tolerance {tolerance:g}")
+        return 1
+    print(f"ok: all {total} tensors within {tolerance:g}")
+    return 0
