@@ -1,0 +1,130 @@
+"""IDX files (the MNIST distribution format), raw or gzipped -> checked numpy arrays.
+
+An IDX file is a 4-byte magic number (two zero bytes, a type code, the number
+of dimensions), one big-endian uint32 per dimension, then the values in
+row-major order. We check every part of it, so a truncated or corrupt
+download is reported as a DataError instead of a reshape traceback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+
+import numpy as np
+
+from netc.dsl.errors import DataError
+
+# IDX type code -> numpy dtype (big-endian as the format stores it)
+_TYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+# the four files of a dataset directory: part -> the file name without .gz
+IDX_FILES: dict[str, str] = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def _read_bytes(path: str) -> bytes:
+    """The decompressed contents of `path` (gzip when it ends in .gz)."""
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as handle:
+                return handle.read()
+        with open(path, "rb") as handle:
+            return handle.read()
+    except (OSError, EOFError, zlib.error) as error:
+        # gzip raises EOFError on a truncated stream, BadGzipFile (an OSError) on garbage
+        raise DataError(f"cannot read {path}: {error} (the file is damaged; download it again)") from None
+
+
+def parse_idx(blob: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode one IDX file's bytes; `name` only labels the error messages."""
+    if len(blob) < 4:
+        raise DataError(f"{name}: not an IDX file (only {len(blob)} bytes)")
+    zero, type_code, ndim = struct.unpack(">HBB", blob[:4])
+    if zero != 0 or type_code not in _TYPES or ndim == 0:
+        raise DataError(f"{name}: not an IDX file (bad magic number 0x{blob[:4].hex()})")
+    header_end = 4 + 4 * ndim
+    if len(blob) < header_end:
+        raise DataError(f"{name}: truncated IDX header ({len(blob)} bytes)")
+    dims = struct.unpack(f">{ndim}I", blob[4:header_end])
+    dtype = _TYPES[type_code]
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    body = len(blob) - header_end
+    if body != expected:
+        what = "truncated" if body < expected else "has trailing bytes"
+        raise DataError(
+            f"{name}: {what}: dimensions {list(dims)} need {expected} bytes of data, found {body}"
+        )
+    values = np.frombuffer(blob, dtype=dtype, offset=header_end).reshape(dims)
+    return values.astype(dtype.newbyteorder("="), copy=False)
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read and decode the IDX file at `path` (raw or .gz)."""
+    return parse_idx(_read_bytes(path), name=path)
+
+
+def find_idx(directory: str, stem: str) -> str | None:
+    """The path of `stem` or `stem.gz` in `directory` (also accepting t10k's `.` spelling), or None."""
+    for candidate in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        path = os.path.join(directory, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_idx_dataset(directory: str, hint: str) -> dict[str, np.ndarray]:
+    """The four arrays of an IDX dataset directory, checked against each other.
+
+    Returns train_images (N, H, W) uint8, train_labels (N,), test_images,
+    test_labels. `hint` says how to get the data when a file is missing.
+    """
+    if not os.path.isdir(directory):
+        raise DataError(f"dataset directory {directory} does not exist ({hint})")
+    arrays: dict[str, np.ndarray] = {}
+    for part, stem in IDX_FILES.items():
+        path = find_idx(directory, stem)
+        if path is None:
+            raise DataError(f"{directory} has no {stem} or {stem}.gz ({hint})")
+        arrays[part] = read_idx(path)
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim < 2 or labels.ndim != 1:
+            raise DataError(
+                f"{directory}: {split} images must have a sample dimension and labels one dimension, "
+                f"got shapes {list(images.shape)} and {list(labels.shape)}"
+            )
+        if images.shape[0] != labels.shape[0]:
+            raise DataError(
+                f"{directory}: {images.shape[0]} {split} images but {labels.shape[0]} {split} labels"
+            )
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise DataError(
+            f"{directory}: training samples are {list(arrays['train_images'].shape[1:])} "
+            f"but test samples are {list(arrays['test_images'].shape[1:])}"
+        )
+    return arrays
+
+
+def encode_idx(values: np.ndarray) -> bytes:
+    """The IDX bytes of `values` (for tests and for writing small datasets)."""
+    codes = {dtype.newbyteorder("="): code for code, dtype in _TYPES.items()}
+    native = values.dtype.newbyteorder("=")
+    if native not in codes:
+        raise ValueError(f"IDX cannot store dtype {values.dtype}")
+    code = codes[native]
+    header = struct.pack(">HBB", 0, code, values.ndim) + struct.pack(f">{values.ndim}I", *values.shape)
+    return header + np.ascontiguousarray(values, dtype=_TYPES[code]).tobytes()

@@ -1,0 +1,247 @@
+"""A Network, its TrainConfig and the data splits -> a trained network, per-epoch metrics and checkpoints.
+
+The loop stays lean: a batch is an index gather on the device, a step is
+`netc.runtime.fastpath`'s (a replayed CUDA graph on CUDA, eager elsewhere),
+and the loss is summed on the device and read back only when the progress
+bar redraws or every CHECK_EVERY steps, to stop a diverged run early.
+Learning rates are a function of (epoch, step), and each epoch's order a
+function of (seed, epoch), so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from netc.dsl.errors import DataError
+from netc.dsl.ir import OptimizerConfig, ScheduleConfig, TrainConfig
+from netc.runtime import checkpoint as ckpt
+from netc.runtime import metrics
+from netc.runtime.data import Splits, batches, epoch_order, steps_per_epoch
+from netc.runtime.fastpath import TrainStep, make_train_step
+from netc.runtime.progress import Progress, format_duration
+
+CHECK_EVERY = 100  # steps between reads of the running loss when no bar is drawn
+EVAL_BATCH = 1000
+
+
+class Diverged(DataError):
+    """The loss became NaN or infinite; the last good checkpoint stays on disk."""
+
+
+@dataclass
+class RunState:
+    """Where a run stands; everything here goes into the checkpoint's meta.json."""
+
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # batches done in the current, unfinished epoch (after an interrupt)
+    step: int = 0  # optimizer steps so far
+    loss_sum: float = 0.0  # sample-weighted loss of the unfinished epoch's finished batches
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_optimizer(
+    params: Iterable[nn.Parameter], config: OptimizerConfig, backend: str
+) -> torch.optim.Optimizer:
+    """torch.optim on the torch backend, netc's Triton optimizers (same signatures) on triton."""
+    if backend == "triton":
+        from netc import kernels
+
+        classes = {"sgd": kernels.SGD, "adam": kernels.Adam, "adamw": kernels.AdamW}
+    else:
+        classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if config.name not in classes:
+        raise DataError(f"unknown optimizer '{config.name}' (sgd, adam or adamw)")
+    if config.name == "sgd":
+        return classes["sgd"](params, lr=config.lr, momentum=config.momentum, dampening=config.dampening,
+                              weight_decay=config.weight_decay, nesterov=config.nesterov)
+    return classes[config.name](params, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
+                                weight_decay=config.weight_decay)
+
+
+def learning_rate(base: float, schedule: ScheduleConfig, epoch: int, step: int, total_steps: int) -> float:
+    """The lr of global step `step` (0-based) in epoch `epoch`: step decay per epoch, cosine per step."""
+    if schedule.name == "step":
+        return base * schedule.gamma ** (epoch // schedule.every)
+    if schedule.name == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    return base
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over a whole split, with one host read at the end."""
+    count = images.shape[0]
+    if count == 0:
+        return math.nan, math.nan
+    was_training = net.training
+    net.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
+    correct = torch.zeros((), dtype=torch.int64, device=images.device)
+    for batch_x, batch_y in batches(images, labels, EVAL_BATCH):
+        logits = net(batch_x)  # (B, classes)
+        loss_sum += net.loss(logits, batch_y).double() * batch_y.shape[0]
+        correct += (logits.argmax(dim=1) == batch_y).sum()
+    net.train(was_training)
+    return float(loss_sum) / count, int(correct) / count
+
+
+class _InterruptFlag:
+    """Ctrl-C sets a flag that the loop checks between steps; a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self.previous: Any = None
+
+    def __enter__(self) -> _InterruptFlag:
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self.previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.raised = True
+        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class Trainer:
+    """Trains `net` on `splits` as `config` says, checkpointing into `out` after every epoch."""
+
+    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, splits: Splits, config: TrainConfig,
+                 out: str | None, meta: dict[str, Any], progress: Progress | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.net, self.optimizer, self.splits, self.config, self.out = net, optimizer, splits, config, out
+        self.meta = meta  # source, source_sha256, name, seed, backend, ... (fixed for the run)
+        self.progress = progress or Progress()
+        self.log = log or self.progress.finish
+        self.state = RunState()
+        self.steps_per_epoch = steps_per_epoch(splits.train_x.shape[0], config.batch)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.interrupt = _InterruptFlag()
+        self.stop_after: int | None = None  # tests: behave as if Ctrl-C came after this global step
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self._step: TrainStep | None = None
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def restore(self, checkpoint: ckpt.Checkpoint) -> None:
+        """Continue from `checkpoint`: weights, optimizer state, position, history and RNG."""
+        meta = checkpoint.meta
+        if meta["state"]["batch"] and meta["train"]["batch"] != self.config.batch:
+            raise DataError(f"the checkpoint in {checkpoint.path} stopped inside an epoch with batch "
+                            f"{meta['train']['batch']}; resume with --batch {meta['train']['batch']}")
+        try:
+            self.net.load_state_dict(checkpoint.model)
+            self.optimizer.load_state_dict(checkpoint.optimizer)
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise DataError(f"the checkpoint in {checkpoint.path} does not fit this net: {error}") from None
+        self.base_lrs = list(meta["base_lrs"])
+        self.state = RunState(**meta["state"])
+        ckpt.set_rng_state(meta["rng"])
+
+    def save(self) -> None:
+        if self.out is None:
+            return
+        meta = {**self.meta, "state": vars(self.state), "base_lrs": self.base_lrs, "rng": ckpt.rng_state(),
+                "epoch": self.state.epoch, "step": self.state.step,
+                "metrics": self.state.history[-1] if self.state.history else {}}
+        name = self.meta.get("name", "net")
+        ckpt.save(self.out, self.net.state_dict(), self.optimizer.state_dict(), meta,
+                  extras=lambda directory: metrics.write_all(directory, self.state.history, name))
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def _set_lr(self, epoch: int, step: int) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = learning_rate(base, self.config.schedule, epoch, step, self.total_steps)
+
+    def _make_step(self) -> TrainStep:
+        smoothing = self.config.label_smoothing
+
+        def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return self.net.loss(logits, targets, smoothing)
+
+        example = (self.splits.train_x[: self.config.batch], self.splits.train_y[: self.config.batch])
+        # a per-step lr would re-capture a CUDA graph every step: cosine runs eagerly
+        capture = False if self.config.schedule.name == "cosine" else None
+        return make_train_step(self.net, self.optimizer, loss_fn, example,
+                               capture=capture, clip=self.config.clip)
+
+    def _check(self, total: float, epoch: int) -> None:
+        if not math.isfinite(total):
+            kept = f"; the last good checkpoint is in {self.out}" if self.out and self.state.epoch else ""
+            raise Diverged(f"the training loss became {total} in epoch {epoch + 1} "
+                           f"(step {self.state.step}){kept}; "
+                           "try a lower learning rate (--lr) or gradient clipping (clip X)")
+
+    def _train_epoch(self, epoch: int) -> float | None:
+        """One epoch from `state.batch` on; the mean training loss, or None if interrupted."""
+        splits, size, state = self.splits, self.config.batch, self.state
+        order = epoch_order(splits.train_x.shape[0], self.meta["seed"], epoch, splits.train_x.device)
+        total = torch.full((), state.loss_sum, dtype=torch.float32, device=splits.train_x.device)
+        self.progress.start(epoch + 1, self.config.epochs, self.steps_per_epoch, state.batch)
+        samples = 0
+        for index in range(state.batch, self.steps_per_epoch):
+            self._set_lr(epoch, state.step)
+            batch_index = order[index * size:(index + 1) * size]
+            loss = self._step.gather(splits.train_x, splits.train_y, batch_index)
+            total.add_(loss, alpha=batch_index.shape[0])
+            state.step, state.batch = state.step + 1, index + 1
+            samples += batch_index.shape[0]
+            if self.progress.due() or state.batch % CHECK_EVERY == 0:
+                seen = min(state.batch * size, splits.train_x.shape[0])
+                value = float(total)
+                self._check(value, epoch)
+                self.progress.update(state.batch, value / seen, samples)
+            if self.interrupt.raised or (self.stop_after is not None and state.step >= self.stop_after):
+                state.loss_sum = float(total)
+                self._check(state.loss_sum, epoch)
+                return None
+        value = float(total)
+        self._check(value, epoch)
+        return value / splits.train_x.shape[0]
+
+    def _finish_epoch(self, epoch: int, train_loss: float, seconds: float) -> None:
+        val_loss, val_acc = evaluate(self.net, self.splits.val_x, self.splits.val_y)
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": self.state.step, "train_loss": train_loss,
+                                  "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+        line = f"epoch {epoch + 1}/{self.config.epochs}: train loss {train_loss:.4f}"
+        if self.splits.val_x.shape[0]:
+            record.update(val_loss=val_loss, val_acc=val_acc)
+            line += f"  val loss {val_loss:.4f}  val accuracy {100 * val_acc:.2f}%"
+        self.progress.finish(f"{line}  ({format_duration(seconds)})")
+        self.state.history.append(record)
+        self.state.epoch, self.state.batch, self.state.loss_sum = epoch + 1, 0, 0.0
+        self.save()
+
+    def fit(self) -> dict[str, Any] | None:
+        """Train the remaining epochs and test; the final record, or None when interrupted (saved)."""
+        self.net.train()
+        self._step = self._make_step()
+        with self.interrupt:
+            for epoch in range(self.state.epoch, self.config.epochs):
+                started = time.perf_counter()
+                train_loss = self._train_epoch(epoch)
+                if train_loss is None:
+                    self.save()
+                    return None
+                self._finish_epoch(epoch, train_loss, time.perf_counter() - started)
+                if self.interrupt.raised:
+                    return None
+        test_loss, test_acc = evaluate(self.net, self.splits.test_x, self.splits.test_y)
+        final = {"test_loss": test_loss, "test_acc": test_acc, "epoch": self.state.epoch}
+        self.state.history = [r for r in self.state.history if "test_acc" not in r] + [final]
+        self.save()
+        return final
