@@ -8,7 +8,10 @@ only `forward` differs between the backends. Inputs carry a batch dimension:
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -21,10 +24,20 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu")
 
 
 def kernel(name: str) -> Callable[..., Any]:
-    """The public Triton kernel `name` from `netc.kernels` (imports its family on first use)."""
-    import netc.kernels
+    """The public Triton kernel `name`, looked up in its family module on every call.
 
-    return getattr(netc.kernels, name)
+    Not `getattr(netc.kernels, name)`: once `netc.kernels.linear` (the module)
+    is imported, Python binds it as the package attribute `linear`, which
+    then shadows the lazily exported function of the same name.
+    """
+    return getattr(_family(name), name)
+
+
+@functools.cache
+def _family(name: str) -> ModuleType:
+    import netc.kernels  # decides TRITON_INTERPRET before triton loads
+
+    return importlib.import_module(f"netc.kernels.{netc.kernels._EXPORTS[name]}")
 
 
 def torch_activation(x: torch.Tensor, op: str, slope: float) -> torch.Tensor:
@@ -53,30 +66,14 @@ class Conv2d(nn.Conv2d):
         self.backend = backend
         self.activation: str | None = None  # set by the fusion pass (triton only)
         self.slope = 0.0
-        self.explicit_padding, self.extra_padding = _same_padding(self.kernel_size, self.dilation) \
-            if attrs["padding"] == "same" else (tuple(attrs["padding"]), None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        args = (x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if self.backend == "torch":
-            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if self.extra_padding is not None:
-            # "same" with an even total padding on one axis: PyTorch puts the odd pixel on the
-            # right/bottom; pad that side by one, the kernel pads the rest symmetrically.
-            x = F.pad(x, self.extra_padding)
-        args = (x, self.weight, self.bias, self.stride, self.explicit_padding, self.dilation, self.groups)
+            return F.conv2d(*args)
         if self.activation is None:
-            return kernel("conv2d")(*args)
+            return kernel("conv2d")(*args)  # padding "same" included: the kernel pads as PyTorch does
         return kernel("conv2d_act")(*args, self.activation, self.slope)
-
-
-def _same_padding(
-    kernel_size: tuple[int, ...], dilation: tuple[int, ...]
-) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
-    """Symmetric padding (ph, pw) plus F.pad's (left, right, top, bottom) for the odd remainder."""
-    totals = [d * (k - 1) for k, d in zip(kernel_size, dilation, strict=True)]
-    symmetric = (totals[0] // 2, totals[1] // 2)
-    extra = (0, totals[1] % 2, 0, totals[0] % 2)
-    return symmetric, (extra if any(extra) else None)
 
 
 class Linear(nn.Linear):
