@@ -1,0 +1,279 @@
+"""Checked program: source text or file -> ast.Program -> Graph (+ warnings), or NetError with every error.
+
+The checker resolves each layer in the op table, expands `repeat`, infers every shape
+and checks the train block. Errors are collected, sorted by position and cut after the
+first shape error (the shapes after it are unknown).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from netc.dsl import ast
+from netc.dsl.args import ArgError, bind, did_you_mean
+from netc.dsl.errors import Diagnostic, Loc, NetError
+from netc.dsl.ir import Graph, Node, Shape, TrainConfig
+from netc.dsl.ops import OPS, ShapeError, fmt_shape, numel
+from netc.dsl.parser import parse_program
+from netc.dsl.train import SETTINGS, check_train
+from netc.dsl.warn import find_warnings
+
+# dataset -> (values in one sample, classes); the packaged data and IDX files agree
+MAX_LAYERS = 100_000  # a bound on `repeat` expansion, so a typo cannot hang the checker
+Step = tuple[Node | None, Shape | None]  # a statement's node (None after an error) and its output shape
+DATASET_SHAPES: dict[str, tuple[int, int]] = {"mnist": (784, 10), "fashion_mnist": (784, 10)}
+
+
+@dataclass
+class CheckResult:
+    """A checked program and the warnings found on the way."""
+
+    graph: Graph
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+
+def read_source(path_or_source: str, path: str | None = None) -> tuple[str, str]:
+    """(source text, path for messages): read the file if the string names one, else take it as source."""
+    looks_like_path = "\n" not in path_or_source and "{" not in path_or_source
+    if looks_like_path and "\0" not in path_or_source and os.path.isfile(path_or_source):
+        try:
+            with open(path_or_source, encoding="utf-8") as handle:
+                return handle.read(), path or path_or_source
+        except (OSError, UnicodeDecodeError) as error:
+            raise NetError(f"cannot read {path_or_source}: {error}", Loc(path_or_source, 0, 0)) from None
+    if looks_like_path and path_or_source.strip().endswith(".net"):
+        raise NetError(f"no such file: {path_or_source}", Loc(path_or_source, 0, 0))
+    return path_or_source, path or "<string>"
+
+
+def check_file(path_or_source: str, path: str | None = None) -> CheckResult:
+    """Parse and check a file or source text; raise NetError listing every error found."""
+    source, shown_path = read_source(path_or_source, path)
+    return check_program(parse_program(source, shown_path))
+
+
+def parse_file(path_or_source: str, path: str | None = None) -> Graph:
+    """The checked Graph of a file or source text (`netc.dsl.parse`); warnings are dropped."""
+    return check_file(path_or_source, path).graph
+
+
+def check_program(program: ast.Program) -> CheckResult:
+    return _Checker(program).run()
+
+
+class _Checker:
+    """One pass over a Program; collects (loc, message, is_shape_error) triples."""
+
+    def __init__(self, program: ast.Program):
+        self.program = program
+        self.lines = program.source.split("\n")
+        self.problems: list[tuple[Loc, str, bool]] = []
+        self.shape_known = True  # false after an error that leaves the shapes unknown
+
+    def run(self) -> CheckResult:
+        net, train_block = self._blocks()
+        train, train_errors = check_train(train_block, tuple(OPS))
+        for error in train_errors:
+            self._error(error.loc, error.message)
+        graph = None
+        if net is not None:
+            graph = self._net(net, train)
+        if self.problems or graph is None:
+            raise NetError(self._diagnostics())
+        warnings = [self._diagnostic("warning", loc, message) for loc, message in find_warnings(graph)]
+        return CheckResult(graph, warnings)
+
+    # --- reporting ----------------------------------------------------------------------------
+
+    def _error(self, loc: Loc, message: str, shape: bool = False) -> None:
+        self.problems.append((loc, message, shape))
+        if shape:
+            self.shape_known = False
+
+    def _diagnostic(self, severity: str, loc: Loc, message: str) -> Diagnostic:
+        line = self.lines[loc.line - 1] if 0 < loc.line <= len(self.lines) else ""
+        return Diagnostic(severity, message, loc, line)
+
+    def _diagnostics(self) -> list[Diagnostic]:
+        ordered = sorted(set(self.problems), key=lambda p: (p[0].line, p[0].column, p[1]))
+        kept: list[Diagnostic] = []
+        for loc, message, shape in ordered:
+            kept.append(self._diagnostic("error", loc, message))
+            if shape:
+                break  # later shapes are unknown: anything after would be noise
+        return kept
+
+    # --- blocks -------------------------------------------------------------------------------
+
+    def _blocks(self) -> tuple[ast.NetBlock | None, ast.TrainBlock | None]:
+        nets = [b for b in self.program.blocks if isinstance(b, ast.NetBlock)]
+        trains = [b for b in self.program.blocks if isinstance(b, ast.TrainBlock)]
+        for extra in nets[1:]:
+            self._error(extra.loc, f"a second `net` ('{extra.name}'): a file holds exactly one net")
+        for extra in trains[1:]:
+            self._error(extra.loc, f"a second `train` block (the first is on line {trains[0].loc.line}): "
+                        "merge them")
+        if not nets:
+            where = trains[0].loc if trains else Loc(self.program.path, 1, 1)
+            self._error(where, "no `net` block: a file needs one `net NAME { input [...] ... }`")
+        return (nets[0] if nets else None), (trains[0] if trains else None)
+
+    def _net(self, net: ast.NetBlock, train: TrainConfig) -> Graph | None:
+        statements = net.body
+        inputs = [s for s in statements if isinstance(s, ast.Input)]
+        if not any(isinstance(s, (ast.Layer, ast.Repeat, ast.Residual)) for s in statements):
+            self._error(net.loc, f"empty net '{net.name}': give `input [...]` and at least one layer")
+            return None
+        if not inputs:
+            self._error(net.loc, "`input` is missing: the net's first statement must be `input [...]`")
+            return None
+        input_shape = self._input(inputs[0])
+        for extra in inputs[1:]:
+            self._error(extra.loc, f"a second `input` (the first is on line {inputs[0].loc.line})")
+        if statements[0] is not inputs[0]:
+            self._error(inputs[0].loc, "`input` must be the first statement of the net")
+        layers = [s for s in statements if not isinstance(s, ast.Input)]  # nested ones are caught later
+        nodes, out_shape = self._sequence(tuple(layers), input_shape, "")
+        self._dataset(train, inputs[0], input_shape, nodes, out_shape)
+        if self.problems or input_shape is None:
+            return None
+        return Graph(net.name, self.program.path, self.program.source, input_shape, tuple(nodes), train,
+                     inputs[0].loc)
+
+    def _input(self, statement: ast.Input) -> Shape | None:
+        args = statement.args
+        if len(args) != 1 or args[0].name is not None or args[0].value.kind != "shape":
+            where = args[0].loc if args else statement.loc
+            self._error(where, "`input` takes one shape, like `input [1, 28, 28]`")
+            return None
+        dims = args[0].value.value
+        if not dims:
+            self._error(args[0].loc, "the input shape is empty: give its dimensions, like [1, 28, 28]")
+            return None
+        for dim in dims:
+            if dim.kind != "int":
+                self._error(dim.loc, f"shape dimensions must be integers, got {dim.text()}")
+                return None
+            if dim.value < 1:
+                self._error(dim.loc, f"shape dimensions must be at least 1, got {dim.text()}")
+                return None
+        return tuple(dim.value for dim in dims)
+
+    # --- statements ---------------------------------------------------------------------------
+
+    def _sequence(self, statements: tuple,
+                  shape: Shape | None, prefix: str) -> tuple[list[Node], Shape | None]:
+        """Expand statements into Nodes named prefix + index; thread the shape through them."""
+        nodes: list[Node] = []
+        for statement in self._expanded(statements):
+            node, shape = self._statement(statement, shape, f"{prefix}{len(nodes)}")
+            if node is not None:
+                nodes.append(node)
+        return nodes, shape
+
+    def _expanded(self, statements: tuple) -> list:
+        """Unroll `repeat` blocks: each copy is the same statement object, checked once per copy."""
+        out: list = []
+        for statement in statements:
+            if not isinstance(statement, ast.Repeat):
+                out.append(statement)
+                continue
+            if not statement.body:
+                self._error(statement.loc, "empty `repeat` body: put at least one layer inside")
+            body = self._expanded(statement.body)
+            count = self._repeat_count(statement)
+            if len(out) + count * len(body) > MAX_LAYERS:
+                self._error(statement.loc, f"this `repeat` makes the net longer than {MAX_LAYERS} layers")
+                count = 1
+            out.extend(body * count)
+        return out
+
+    def _repeat_count(self, statement: ast.Repeat) -> int:
+        count = statement.count
+        if count.kind != "int":
+            self._error(count.loc, f"`repeat` needs a whole number of copies, got {count.text()}")
+            return 1
+        if count.value < 1:
+            self._error(count.loc, f"`repeat` count must be at least 1, got {count.text()}")
+            return 1
+        return count.value
+
+    def _statement(self, statement: object, shape: Shape | None, name: str) -> Step:
+        if isinstance(statement, ast.Input):
+            self._error(statement.loc, "`input` must be the first statement of the net, and only there")
+            return None, shape
+        if isinstance(statement, ast.Residual):
+            return self._residual(statement, shape, name)
+        assert isinstance(statement, ast.Layer), statement
+        return self._layer(statement, shape, name)
+
+    def _residual(self, statement: ast.Residual, shape: Shape | None, name: str) -> Step:
+        if not any(not isinstance(s, ast.Input) for s in statement.body):
+            self._error(statement.loc, "empty `residual` body: put at least one layer inside")
+        body, out = self._sequence(statement.body, shape, name + ".")
+        if shape is None or out is None or not self.shape_known:
+            return None, None
+        if out != shape:
+            self._error(statement.loc, f"the `residual` body changes the shape from {fmt_shape(shape)} to "
+                        f"{fmt_shape(out)}; x + body(x) needs them equal", shape=True)
+            return None, None
+        flops = sum(node.flops for node in body) + numel(shape)  # the body, then one add per element
+        node = Node(name, "residual", {}, shape, shape, {}, flops, statement.loc, tuple(body))
+        return node, shape
+
+    def _layer(self, layer: ast.Layer, shape: Shape | None, name: str) -> Step:
+        op = OPS.get(layer.name)
+        if op is None:
+            self._error(layer.loc, _unknown_layer(layer.name))
+            return None, None
+        attrs, errors = bind(layer.name, layer.args, op.args, layer.loc)
+        for error in errors:
+            self._error(error.loc, error.message)
+        if errors:
+            return None, None
+        message = op.resolve(attrs)
+        if message:
+            self._error(layer.loc, message)
+            return None, None
+        if shape is None or not self.shape_known:
+            return None, None
+        try:
+            out = op.shape(attrs, shape)
+        except ShapeError as error:
+            self._error(layer.loc, f"{error} (input {fmt_shape(shape)})" if "got" not in str(error)
+                        else str(error), shape=True)
+            return None, None
+        node = Node(name, layer.name, attrs, shape, out, op.params(attrs, shape), op.flops(attrs, shape, out),
+                    layer.loc)
+        return node, out
+
+    # --- the dataset -------------------------------------------------------------------------
+
+    def _dataset(self, train: TrainConfig, statement: ast.Input, input_shape: Shape | None,
+                 nodes: list[Node], out_shape: Shape | None) -> None:
+        """The input must hold one sample; the last layer must output [classes] (cross_entropy)."""
+        data = train.data
+        if data.path is not None or data.name not in DATASET_SHAPES:
+            return  # a directory of IDX files: the runtime checks its samples
+        sample, classes = DATASET_SHAPES[data.name]
+        if input_shape is not None and numel(input_shape) != sample:
+            message = (f"`input {fmt_shape(input_shape)}` holds {numel(input_shape)} values, but {data.name} "
+                       f"samples hold {sample}: use [1, 28, 28], [28, 28] or [784]")
+            self._error(statement.loc, message, shape=True)
+        elif self.shape_known and nodes and out_shape is not None and out_shape != (classes,):
+            hint = f"end with `linear {classes}`"
+            if len(out_shape) == 2:
+                hint = "use output=last on the recurrent layer, or flatten before the last `linear`"
+            self._error(nodes[-1].loc, f"the last layer outputs {fmt_shape(out_shape)}, but {data.name} has "
+                        f"{classes} classes: the net must output [{classes}] ({hint})", shape=True)
+
+
+def _unknown_layer(name: str) -> str:
+    hint = did_you_mean(name, tuple(OPS))
+    if not hint and name in SETTINGS:
+        hint = " (train settings go in the `train` block)"
+    return f"unknown layer '{name}'{hint}"
+
+
+__all__ = ["CheckResult", "check_file", "check_program", "parse_file", "read_source", "ArgError"]

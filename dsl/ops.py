@@ -1,0 +1,275 @@
+"""The op table: layer name -> its arguments, shape rule, PyTorch parameter shapes and FLOPs.
+
+One row per layer of the language; the grammar never changes when a row is added.
+Shapes are per sample (no batch dimension). FLOPs are forward FLOPs per sample, a
+multiply-add counting 2:
+- conv2d, linear: 2 per multiply-add of the product, plus 1 per output for the bias;
+- maxpool2d: one comparison per window element; avgpool2d: one add per window element
+  (the last one standing for the divide);
+- relu, leaky_relu, tanh, sigmoid: 1 per element; dropout: 1 per element (the mask
+  multiply in training); flatten: 0;
+- rnn, lstm, gru: per step and layer, 2 per multiply-add of both matrix products, 1 per
+  bias element, and the elementwise gate arithmetic (rnn H, lstm 9H, gru 11H);
+- residual (in dsl.check): its body plus 1 per element for the add.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from netc.dsl.args import REQUIRED, ArgSpec
+from netc.dsl.ir import Shape
+
+Attrs = dict[str, Any]
+
+
+class ShapeError(Exception):
+    """A layer cannot take the shape it gets; the message names that shape."""
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One layer: its arguments (in attr order) and three rules over (attrs, input shape)."""
+
+    name: str
+    args: tuple[ArgSpec, ...]
+    shape: Callable[[Attrs, Shape], Shape]  # raises ShapeError
+    params: Callable[[Attrs, Shape], dict[str, Shape]]
+    flops: Callable[[Attrs, Shape, Shape], int]
+    # fills defaults that depend on other arguments, checks rules between them; a message if broken
+    resolve: Callable[[Attrs], str | None] = lambda attrs: None
+    activation: bool = False  # elementwise, no parameters
+
+
+def fmt_shape(shape: Shape) -> str:
+    return "[" + ", ".join(str(dim) for dim in shape) + "]"
+
+
+def numel(shape: Shape) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def _none(attrs: Attrs, shape: Shape) -> dict[str, Shape]:
+    return {}
+
+
+def _same(attrs: Attrs, shape: Shape) -> Shape:
+    return shape
+
+
+def _per_element(attrs: Attrs, in_shape: Shape, out_shape: Shape) -> int:
+    return numel(out_shape)
+
+
+def _image(op: str, shape: Shape) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        hint = ""
+        if len(shape) == 1 and shape[0] == 784:
+            hint = "; set `input [1, 28, 28]` to see the digit as an image"
+        raise ShapeError(f"`{op}` needs an image [C, H, W], got {fmt_shape(shape)}{hint}")
+    return shape[0], shape[1], shape[2]
+
+
+def window_size(op: str, size: int, kernel: int, stride: int, pad: int, dilation: int,
+                ceil_mode: bool, axis: str) -> int:
+    """One spatial output size, as PyTorch computes it for convolutions and pooling."""
+    span = dilation * (kernel - 1) + 1
+    if size + 2 * pad < span:
+        dilated = f" ({span} with dilation {dilation})" if dilation > 1 else ""
+        raise ShapeError(f"`{op}` kernel {kernel}{dilated} is larger than the padded input {axis} "
+                         f"{size + 2 * pad} ({size} + 2*{pad})")
+    numerator = size + 2 * pad - span + (stride - 1 if ceil_mode else 0)
+    out = numerator // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1  # PyTorch: the last window must start inside the input or its left padding
+    if out < 1:
+        raise ShapeError(f"`{op}` output {axis} would be {out}, below 1")
+    return out
+
+
+# --- conv2d -----------------------------------------------------------------------------------------
+
+def _conv_shape(attrs: Attrs, shape: Shape) -> Shape:
+    channels, height, width = _image("conv2d", shape)
+    groups, out_channels = attrs["groups"], attrs["out_channels"]
+    if channels % groups or out_channels % groups:
+        raise ShapeError(f"groups={groups} must divide both the input channels ({channels}) and "
+                         f"out_channels ({out_channels}); the input is {fmt_shape(shape)}")
+    if attrs["padding"] == "same":
+        return (out_channels, height, width)
+    sizes = [window_size("conv2d", size, attrs["kernel"][i], attrs["stride"][i], attrs["padding"][i],
+                         attrs["dilation"][i], False, axis)
+             for i, (size, axis) in enumerate(((height, "height"), (width, "width")))]
+    return (out_channels, sizes[0], sizes[1])
+
+
+def _conv_resolve(attrs: Attrs) -> str | None:
+    if attrs["padding"] == "same" and attrs["stride"] != (1, 1):
+        return "padding=same needs stride=1 (PyTorch's rule); give the padding as numbers instead"
+    return None
+
+
+def _conv_params(attrs: Attrs, shape: Shape) -> dict[str, Shape]:
+    kh, kw = attrs["kernel"]
+    params = {"weight": (attrs["out_channels"], shape[0] // attrs["groups"], kh, kw)}
+    if attrs["bias"]:
+        params["bias"] = (attrs["out_channels"],)
+    return params
+
+
+def _conv_flops(attrs: Attrs, in_shape: Shape, out_shape: Shape) -> int:
+    kh, kw = attrs["kernel"]
+    per_output = 2 * (in_shape[0] // attrs["groups"]) * kh * kw + (1 if attrs["bias"] else 0)
+    return numel(out_shape) * per_output
+
+
+# --- pools -----------------------------------------------------------------------------------------
+
+def _pool_shape(op: str) -> Callable[[Attrs, Shape], Shape]:
+    def rule(attrs: Attrs, shape: Shape) -> Shape:
+        channels, height, width = _image(op, shape)
+        dilation = attrs.get("dilation", (1, 1))
+        sizes = [window_size(op, size, attrs["kernel"][i], attrs["stride"][i], attrs["padding"][i],
+                             dilation[i], attrs["ceil_mode"], axis)
+                 for i, (size, axis) in enumerate(((height, "height"), (width, "width")))]
+        return (channels, sizes[0], sizes[1])
+    return rule
+
+
+def _pool_resolve(attrs: Attrs) -> str | None:
+    if attrs["stride"] is None:
+        attrs["stride"] = attrs["kernel"]  # PyTorch's default: windows side by side
+    for pad, kernel in zip(attrs["padding"], attrs["kernel"], strict=True):
+        if pad > kernel // 2:
+            return f"padding {pad} is more than half the kernel {kernel}; use at most {kernel // 2}"
+    return None
+
+
+def _pool_flops(attrs: Attrs, in_shape: Shape, out_shape: Shape) -> int:
+    kh, kw = attrs["kernel"]
+    return numel(out_shape) * kh * kw
+
+
+# --- linear, flatten -----------------------------------------------------------------------------
+
+def _linear_shape(attrs: Attrs, shape: Shape) -> Shape:
+    if len(shape) not in (1, 2):
+        raise ShapeError(f"`linear` needs [F] or [T, F], got {fmt_shape(shape)}; add `flatten` before it")
+    return (*shape[:-1], attrs["out_features"])
+
+
+def _linear_params(attrs: Attrs, shape: Shape) -> dict[str, Shape]:
+    params = {"weight": (attrs["out_features"], shape[-1])}
+    if attrs["bias"]:
+        params["bias"] = (attrs["out_features"],)
+    return params
+
+
+def _linear_flops(attrs: Attrs, in_shape: Shape, out_shape: Shape) -> int:
+    return numel(out_shape) * (2 * in_shape[-1] + (1 if attrs["bias"] else 0))
+
+
+def _flatten_shape(attrs: Attrs, shape: Shape) -> Shape:
+    return (numel(shape),)
+
+
+# --- recurrent -------------------------------------------------------------------------------------
+
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # stacked weight blocks, PyTorch's order
+_ELEMENTWISE = {"rnn": 1, "lstm": 9, "gru": 11}  # per hidden unit and step
+
+
+def _recurrent_shape(op: str) -> Callable[[Attrs, Shape], Shape]:
+    def rule(attrs: Attrs, shape: Shape) -> Shape:
+        if len(shape) != 2:
+            hint = ""
+            if len(shape) == 3 and shape[0] == 1:
+                hint = f"; set `input {fmt_shape(shape[1:])}` to read the rows as steps"
+            raise ShapeError(f"`{op}` needs a sequence [T, F], got {fmt_shape(shape)}{hint}")
+        steps, hidden = shape[0], attrs["hidden"]
+        return (hidden,) if attrs["output"] == "last" else (steps, hidden)
+    return rule
+
+
+def _recurrent_params(op: str) -> Callable[[Attrs, Shape], dict[str, Shape]]:
+    def rule(attrs: Attrs, shape: Shape) -> dict[str, Shape]:
+        hidden, rows = attrs["hidden"], _GATES[op] * attrs["hidden"]
+        params: dict[str, Shape] = {}
+        for layer in range(attrs["layers"]):
+            features = shape[-1] if layer == 0 else hidden
+            params[f"weight_ih_l{layer}"] = (rows, features)
+            params[f"weight_hh_l{layer}"] = (rows, hidden)
+            if attrs["bias"]:
+                params[f"bias_ih_l{layer}"] = (rows,)
+                params[f"bias_hh_l{layer}"] = (rows,)
+        return params
+    return rule
+
+
+def _recurrent_flops(op: str) -> Callable[[Attrs, Shape, Shape], int]:
+    def rule(attrs: Attrs, in_shape: Shape, out_shape: Shape) -> int:
+        hidden, rows = attrs["hidden"], _GATES[op] * attrs["hidden"]
+        per_step = 0
+        for layer in range(attrs["layers"]):
+            features = in_shape[-1] if layer == 0 else hidden
+            per_step += 2 * rows * (features + hidden) + _ELEMENTWISE[op] * hidden
+            per_step += 2 * rows if attrs["bias"] else 0
+        return in_shape[0] * per_step
+    return rule
+
+
+# --- the table -------------------------------------------------------------------------------------
+
+def _size(name: str, positional: bool = False, default: Any = REQUIRED) -> ArgSpec:
+    return ArgSpec(name, "int", default, positional=positional, minimum=1)
+
+
+def _pair(name: str, default: Any = REQUIRED, positional: bool = False, minimum: int = 1) -> ArgSpec:
+    return ArgSpec(name, "pair", default, positional=positional, minimum=minimum)
+
+
+_BIAS = ArgSpec("bias", "bool", True)
+_CEIL = ArgSpec("ceil_mode", "bool", False)
+_LAYERS = _size("layers", default=1)
+_OUTPUT = ArgSpec("output", "choice", "last", choices=("last", "sequence"), noun="output")
+_POOL_ARGS = (_pair("kernel", positional=True), _pair("stride", None), _pair("padding", (0, 0), minimum=0))
+
+
+def _activation(name: str, args: tuple[ArgSpec, ...] = ()) -> OpSpec:
+    return OpSpec(name, args, _same, _none, _per_element, activation=True)
+
+
+def _recurrent(op: str, extra: tuple[ArgSpec, ...]) -> OpSpec:
+    args = (_size("hidden", positional=True), *extra, _LAYERS, _OUTPUT, _BIAS)
+    return OpSpec(op, args, _recurrent_shape(op), _recurrent_params(op), _recurrent_flops(op))
+
+
+OPS: dict[str, OpSpec] = {
+    "conv2d": OpSpec("conv2d", (
+        _size("out_channels", positional=True), _pair("kernel"), _pair("stride", (1, 1)),
+        ArgSpec("padding", "padding", (0, 0), minimum=0), _pair("dilation", (1, 1)),
+        _size("groups", default=1), _BIAS,
+    ), _conv_shape, _conv_params, _conv_flops, _conv_resolve),
+    "maxpool2d": OpSpec("maxpool2d", (*_POOL_ARGS, _pair("dilation", (1, 1)), _CEIL),
+                        _pool_shape("maxpool2d"), _none, _pool_flops, _pool_resolve),
+    "avgpool2d": OpSpec("avgpool2d", (*_POOL_ARGS, _CEIL, ArgSpec("count_include_pad", "bool", True)),
+                        _pool_shape("avgpool2d"), _none, _pool_flops, _pool_resolve),
+    "linear": OpSpec("linear", (_size("out_features", positional=True), _BIAS),
+                     _linear_shape, _linear_params, _linear_flops),
+    "flatten": OpSpec("flatten", (), _flatten_shape, _none, lambda attrs, i, o: 0),
+    "relu": _activation("relu"),
+    "tanh": _activation("tanh"),
+    "sigmoid": _activation("sigmoid"),
+    "leaky_relu": _activation("leaky_relu", (ArgSpec("slope", "float", 0.01),)),
+    "dropout": OpSpec("dropout", (ArgSpec("p", "float", positional=True, minimum=0.0, below=1.0),),
+                      _same, _none, _per_element),
+    "rnn": _recurrent("rnn", (ArgSpec("activation", "choice", "tanh", choices=("tanh", "relu"),
+                                      noun="activation"),)),
+    "lstm": _recurrent("lstm", ()),
+    "gru": _recurrent("gru", ()),
+}
