@@ -156,13 +156,23 @@ def save(
         if extras is not None:
             extras(staging)
         _write_json(os.path.join(staging, META_FILE), full_meta)  # last: marks a whole checkpoint
-        for entry in os.listdir(staging):
-            _fsync_file(os.path.join(staging, entry))
-        _fsync_dir(staging)
+        _finish_staging(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _swap_into_place(staging, target)
+
+
+def _finish_staging(staging: str) -> None:
+    """Flush every file to disk and give the directory the usual permissions (mkdtemp makes it 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for entry in os.listdir(staging):
+        path = os.path.join(staging, entry)
+        os.chmod(path, 0o666 & ~umask)
+        _fsync_file(path)
+    os.chmod(staging, 0o777 & ~umask)
+    _fsync_dir(staging)
 
 
 def _swap_into_place(staging: str, target: str) -> None:
