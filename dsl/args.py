@@ -97,7 +97,8 @@ def bind(what: str, args: Sequence[ast.Arg], specs: Sequence[ArgSpec], loc: Loc)
                 errors.append(ArgError(_missing(what, spec), loc))
             else:
                 values[spec.name] = spec.default
-    return values, errors
+    ordered = {spec.name: values[spec.name] for spec in specs if spec.name in values}  # the spec's order
+    return ordered, errors
 
 
 def _too_many(what: str, positional: list[ArgSpec]) -> str:
