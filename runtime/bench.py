@@ -1,0 +1,304 @@
+"""`netc bench FILE` -> steps/s of full training steps: netc's Triton path vs PyTorch eager vs torch.compile.
+
+Every contender trains the same network (same seed, same weights at the
+start) with the file's optimizer, batch size and loss on batches already on
+the device: warm-up steps first, then the median of the timed steps (CUDA
+events on CUDA, the host clock on the CPU). Then the time of one epoch of
+the data-on-device loop (the file's training split, or synthetic data of its
+shape when the dataset is absent; the report says which).
+
+On the CPU the Triton kernels run through the interpreter and torch.compile
+needs a C++ toolchain and minutes of compiling, so the defaults there are a
+few steps, no compile contenders (`--compile` adds them where the CLI has
+it) and an epoch time estimated from the step time instead of measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from netc.dsl.ir import Graph
+from netc.runtime.bench_contenders import CONTENDERS, Contender, build_contender
+
+CUDA_STEPS, CUDA_WARMUP = 200, 25  # reduce-overhead records its graphs in the first warm-up calls
+CPU_STEPS, CPU_WARMUP = 3, 1
+ROTATING_BATCHES = 4  # distinct input batches, so no contender runs on one cached batch
+
+
+@dataclass
+class Result:
+    """One contender's timing; `steps_per_s` is 1000 / `median_ms`."""
+
+    name: str
+    backend: str
+    mode: str
+    optimizer: str
+    median_ms: float
+    min_ms: float
+    steps_per_s: float
+    samples_per_s: float
+    epoch_s: float | None = None
+    epoch_how: str = ""  # "measured" or "estimated" (steps per epoch x median step)
+    note: str = ""
+
+
+@dataclass
+class Report:
+    file: str
+    net: str
+    device: str
+    device_name: str
+    batch: int
+    steps: int
+    warmup: int
+    timer: str
+    versions: dict[str, str]
+    epoch_data: str
+    epoch_steps: int
+    results: list[Result] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # contender -> why it did not run
+    failed: dict[str, str] = field(default_factory=dict)  # contender -> its error
+    ratios: dict[str, float] = field(default_factory=dict)  # "netc/<other>": netc steps/s over other's
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The `netc bench` command; returns 1 when a contender failed (the others are still reported)."""
+    from netc.runtime.lower import _as_graph, resolve_target
+
+    graph = _as_graph(args.file)
+    device, _, _ = resolve_target(args.device, "torch")
+    if device.type == "cpu":
+        resolve_target(device, "triton")  # chooses Triton's interpreter before any kernel loads
+    report = bench(graph, device, args.steps, bool(getattr(args, "compile", False)),
+                   getattr(args, "batch", None), getattr(args, "contenders", None))
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(format_report(report))
+    for name, error in report.failed.items():
+        print(f"error: contender {name} failed: {error}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def bench(
+    graph: Graph,
+    device: torch.device,
+    steps: int | None = None,
+    with_compile: bool = False,
+    batch: int | None = None,
+    only: list[str] | None = None,
+) -> Report:
+    """Time every contender that applies to `device`; see the module docstring."""
+    on_cuda = device.type == "cuda"
+    steps = steps or (CUDA_STEPS if on_cuda else CPU_STEPS)
+    warmup = CUDA_WARMUP if on_cuda else CPU_WARMUP
+    batch = batch or graph.train.batch
+    if on_cuda:
+        images, labels, data_note = epoch_data(graph, device)
+        train_count = images.shape[0]
+    else:  # an interpreted epoch takes many minutes: estimate it from the step time instead
+        images = labels = None
+        train_count = _split_size(graph)
+        data_note = f"not run on the CPU; estimated for the {train_count} samples of the " \
+            f"{graph.train.data.name} training split"
+    report = Report(
+        file=graph.path, net=graph.name, device=device.type, device_name=_device_name(device),
+        batch=batch, steps=steps, warmup=warmup,
+        timer="CUDA events, median per step" if on_cuda else "host clock, median per step",
+        versions=_versions(), epoch_data=data_note, epoch_steps=train_count // batch,
+    )
+    inputs = _rotating_batches(graph, device, batch)
+    for contender in CONTENDERS:
+        why_not = _skip_reason(contender, on_cuda, with_compile, only)
+        if why_not:
+            report.skipped[contender.name] = why_not
+            continue
+        try:
+            result = _measure(contender, graph, device, inputs, steps, warmup, images, labels)
+            if images is None:
+                result.epoch_s, result.epoch_how = result.median_ms * report.epoch_steps / 1000.0, "estimated"
+            report.results.append(result)
+        except Exception as error:  # one broken contender must not hide the others' numbers
+            report.failed[contender.name] = f"{type(error).__name__}: {error}"
+        _release(device)
+    report.ratios = ratios(report.results)
+    return report
+
+
+def _skip_reason(contender: Contender, on_cuda: bool, with_compile: bool, only: list[str] | None) -> str:
+    if only is not None and contender.name not in only:
+        return "not asked for"
+    if contender.cuda_only and not on_cuda:
+        return "CUDA only (it replays CUDA graphs)"
+    if contender.compiled and not on_cuda and not with_compile:
+        return "skipped on the CPU: torch.compile builds C++ there and takes minutes (--compile adds it)"
+    return ""
+
+
+def _measure(
+    contender: Contender,
+    graph: Graph,
+    device: torch.device,
+    inputs: list[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    warmup: int,
+    images: torch.Tensor | None,
+    labels: torch.Tensor | None,
+) -> Result:
+    """Build, warm up and time one contender; with data on the device, time one epoch too."""
+    runner = build_contender(contender, graph, device, inputs[0])
+    times = time_steps(runner.step, inputs, steps, warmup, device)
+    median = statistics.median(times)
+    result = Result(
+        name=contender.name, backend=contender.backend, mode=runner.mode, optimizer=runner.optimizer,
+        median_ms=median, min_ms=min(times), steps_per_s=1000.0 / median,
+        samples_per_s=1000.0 * inputs[0][0].shape[0] / median, note=runner.note,
+    )
+    if images is not None and labels is not None:
+        result.epoch_s = time_epoch(runner, images, labels, inputs[0][0].shape[0])
+        result.epoch_how = "measured"
+    return result
+
+
+def time_steps(
+    step: Any, inputs: list[tuple[torch.Tensor, torch.Tensor]], steps: int, warmup: int,
+    device: torch.device,
+) -> list[float]:
+    """Milliseconds of each of `steps` consecutive steps, after `warmup` untimed ones."""
+    for index in range(warmup):
+        step(*inputs[index % len(inputs)])
+    if device.type != "cuda":
+        times = []
+        for index in range(steps):
+            start = time.perf_counter()
+            step(*inputs[index % len(inputs)])
+            times.append((time.perf_counter() - start) * 1000.0)
+        return times
+    # one event per step boundary: the gap between two is a step, launch gaps included
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+    torch.cuda.synchronize(device)
+    events[0].record()
+    for index in range(steps):
+        step(*inputs[index % len(inputs)])
+        events[index + 1].record()
+    torch.cuda.synchronize(device)
+    return [events[i].elapsed_time(events[i + 1]) for i in range(steps)]
+
+
+def time_epoch(runner: Any, images: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
+    """Seconds of one shuffled epoch over full batches of the data on the device (CUDA events)."""
+    order = torch.randperm(images.shape[0], device=images.device)[: images.shape[0] // batch * batch]
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(images.device)
+    start.record()
+    runner.epoch(images, labels, batch, order)
+    end.record()
+    torch.cuda.synchronize(images.device)
+    return start.elapsed_time(end) / 1000.0
+
+
+def ratios(results: list[Result]) -> dict[str, float]:
+    """netc's steps/s over each other contender's (above 1: netc is faster)."""
+    by_name = {result.name: result for result in results}
+    if "netc" not in by_name:
+        return {}
+    ours = by_name["netc"].steps_per_s
+    return {f"netc/{name}": ours / result.steps_per_s for name, result in by_name.items() if name != "netc"}
+
+
+def epoch_data(graph: Graph, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(images, labels, description): the file's training split on the device, else synthetic data."""
+    classes = graph.output_shape[-1]
+    config = graph.train.data
+    try:
+        from netc.runtime.data import prepare
+
+        splits = prepare(config, tuple(graph.input_shape), classes, graph.train.seed, device)
+        return splits.train_x, splits.train_y, f"{config.name} training split ({splits.train_x.shape[0]} " \
+            "samples, on the device)"
+    except Exception as error:  # the dataset is absent (e.g. the GPU machine): same shape, random values
+        count = _split_size(graph)
+        generator = torch.Generator().manual_seed(graph.train.seed)
+        images = torch.rand((count, *graph.input_shape), generator=generator).to(device)
+        labels = torch.randint(0, classes, (count,), generator=generator).to(device)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return images, labels, f"synthetic ({count} random samples of {list(graph.input_shape)}; " \
+            f"{config.name} unavailable: {reason})"
+
+
+def _split_size(graph: Graph) -> int:
+    """Training samples after the validation hold-out, for the 60000-image MNIST-style sets."""
+    return 60000 - int(round(60000 * graph.train.data.val))
+
+
+def _rotating_batches(
+    graph: Graph, device: torch.device, batch: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    classes = graph.output_shape[-1]
+    return [(torch.rand((batch, *graph.input_shape), device=device),
+             torch.randint(0, classes, (batch,), device=device)) for _ in range(ROTATING_BATCHES)]
+
+
+def _release(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__}
+    try:
+        import triton
+
+        versions["triton"] = triton.__version__
+    except ImportError:
+        versions["triton"] = "absent"
+    try:
+        versions["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                            text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        versions["commit"] = "unknown"
+    return versions
+
+
+def format_report(report: Report) -> str:
+    """The human-readable table: one row per contender, then epochs, skips and failures."""
+    lines = [
+        f"netc bench {report.file}: net {report.net} on {report.device} ({report.device_name}), "
+        f"batch {report.batch}, {report.steps} timed steps after {report.warmup} warm-up, {report.timer}",
+        f"{'contender':<18}{'backend':<9}{'mode':<16}{'ms/step':>10}{'steps/s':>11}{'samples/s':>12}"
+        f"{'netc is':>10}",
+    ]
+    for result in report.results:
+        ratio = report.ratios.get(f"netc/{result.name}", 1.0 if result.name == "netc" else math.nan)
+        lines.append(f"{result.name:<18}{result.backend:<9}{result.mode:<16}{result.median_ms:>10.3f}"
+                     f"{result.steps_per_s:>11.1f}{result.samples_per_s:>12.0f}{ratio:>9.2f}x")
+    lines.append(f"epoch ({report.epoch_steps} steps; data: {report.epoch_data}):")
+    for result in report.results:
+        lines.append(f"  {result.name:<16}{result.epoch_s * 1000.0:>12.1f} ms ({result.epoch_how})")
+    lines += ["optimizers: " + ", ".join(f"{r.name}={r.optimizer}" for r in report.results)]
+    lines += [f"note: {r.name}: {r.note}" for r in report.results if r.note]
+    lines += [f"skipped {name}: {why}" for name, why in report.skipped.items()]
+    lines += [f"FAILED {name}: {error}" for name, error in report.failed.items()]
+    return "\n".join(lines)

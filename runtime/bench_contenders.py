@@ -1,0 +1,149 @@
+"""(contender, Graph, device) -> a ready training-step runner for `netc bench`: netc, eager, compiled.
+
+A contender is a backend (netc's Triton kernels or PyTorch's operators) plus
+how its step runs: netc's fast path (one replayed CUDA graph per step on
+CUDA), plain eager, or torch.compile (default or "reduce-overhead"). All
+start from the same seeded weights and use the file's optimizer: netc's
+fused optimizer kernels on the Triton backend, torch.optim (fused on CUDA,
+its fastest form) on the torch backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from netc.dsl.ir import Graph, OptimizerConfig
+from netc.runtime.fastpath import TrainStep, make_train_step, run_epoch
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    backend: str  # "triton" or "torch"
+    fast_path: bool = False  # netc's make_train_step (a CUDA graph on CUDA)
+    compile_mode: str | None = None  # torch.compile mode, None: not compiled
+    cuda_only: bool = False
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile_mode is not None
+
+
+# "netc" first: the ratios are its steps/s over each of the others'
+CONTENDERS: tuple[Contender, ...] = (
+    Contender("netc", "triton", fast_path=True),
+    Contender("netc-nograph", "triton", cuda_only=True),
+    Contender("torch-eager", "torch"),
+    Contender("torch-graph", "torch", fast_path=True, cuda_only=True),
+    Contender("torch-compile", "torch", compile_mode="default"),
+    Contender("torch-compile-ro", "torch", compile_mode="reduce-overhead"),
+)
+
+
+@dataclass
+class Runner:
+    """A contender ready to run: `step(x, y) -> loss` and `epoch(...)` over data on the device."""
+
+    step: StepFn
+    mode: str  # "graph", "eager", "compile-default", ...
+    optimizer: str  # the optimizer class that runs, e.g. "netc.kernels.SGD"
+    note: str = ""
+    fast: TrainStep | None = None
+
+    def epoch(self, images: torch.Tensor, labels: torch.Tensor, batch: int, order: torch.Tensor) -> None:
+        """One pass in `order`, each batch gathered on the device."""
+        if self.fast is not None:
+            run_epoch(self.fast, images, labels, batch, order)
+            return
+        for begin in range(0, order.shape[0], batch):
+            index = order[begin:begin + batch]
+            self.step(images.index_select(0, index), labels.index_select(0, index))
+
+
+def build_contender(
+    contender: Contender, graph: Graph, device: torch.device, example: tuple[torch.Tensor, torch.Tensor]
+) -> Runner:
+    """Compile the network for the contender's backend and wrap its training step."""
+    from netc.runtime.lower import compile as compile_net
+
+    net = compile_net(graph, device=device, backend=contender.backend, seed=graph.train.seed)
+    net.train()
+    optimizer, optimizer_note = make_optimizer(net.parameters(), graph.train.optimizer, contender.backend,
+                                               device)
+    smoothing = graph.train.label_smoothing
+
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return net.loss(logits, targets, smoothing)
+
+    name = f"{type(optimizer).__module__.split('.')[0]}.{_public_module(optimizer)}{type(optimizer).__name__}"
+    if contender.compiled:
+        step = _compiled_step(net, optimizer, loss_fn, str(contender.compile_mode), graph.train.clip)
+        return Runner(step, f"compile-{contender.compile_mode}", name, optimizer_note)
+    capture = contender.fast_path and device.type == "cuda"
+    fast = make_train_step(net, optimizer, loss_fn, example, capture=capture, clip=graph.train.clip)
+    note = "; ".join(filter(None, [optimizer_note, fast.reason if contender.fast_path else ""]))
+    return Runner(fast, fast.mode, name, note, fast)
+
+
+def _public_module(optimizer: torch.optim.Optimizer) -> str:
+    module = type(optimizer).__module__
+    return "kernels." if module.startswith("netc.") else "optim."
+
+
+def make_optimizer(
+    params: object, config: OptimizerConfig, backend: str, device: torch.device
+) -> tuple[torch.optim.Optimizer, str]:
+    """(optimizer, note): netc's fused kernels for the triton backend, torch.optim for torch."""
+    kwargs = _optimizer_kwargs(config)
+    class_name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[config.name]
+    note = ""
+    if backend == "triton":
+        try:
+            import netc.kernels
+
+            return getattr(netc.kernels, class_name)(params, **kwargs), note
+        except (ImportError, AttributeError) as error:
+            note = f"netc.kernels.{class_name} unavailable ({error}); torch.optim used instead"
+    optimizer_class = getattr(torch.optim, class_name)
+    if device.type == "cuda":
+        kwargs["fused"] = True  # one launch per step, and safe to capture in a CUDA graph
+    return optimizer_class(params, **kwargs), note
+
+
+def _optimizer_kwargs(config: OptimizerConfig) -> dict[str, object]:
+    if config.name == "sgd":
+        return {"lr": config.lr, "momentum": config.momentum, "dampening": config.dampening,
+                "nesterov": config.nesterov, "weight_decay": config.weight_decay}
+    return {"lr": config.lr, "betas": tuple(config.betas), "eps": config.eps,
+            "weight_decay": config.weight_decay}
+
+
+def _compiled_step(
+    net: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mode: str, clip: float | None,
+) -> StepFn:
+    """torch.compile of forward + loss (its backward compiled by AOTAutograd); the fused optimizer eager."""
+
+    def forward_loss(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return loss_fn(net(images), labels)
+
+    compiled = torch.compile(forward_loss, mode=mode)
+    mark_step = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if mode == "reduce-overhead" and mark_step is not None:
+            mark_step()  # a new iteration: the previous step's graph outputs may be overwritten
+        optimizer.zero_grad(set_to_none=True)
+        loss = compiled(images, labels)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        optimizer.step()
+        return loss.detach()
+
+    return step
