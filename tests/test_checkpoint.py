@@ -1,0 +1,199 @@
+"""Checkpoints: model + optimizer + meta -> directory -> the same values; interrupted saves break nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from netc.dsl.errors import DataError
+from netc.runtime import checkpoint as ckpt
+
+SOURCE = "net tiny {\n    input [3]\n    linear 2\n}\n"
+
+
+def _meta(source: str = SOURCE, **extra: Any) -> dict[str, Any]:
+    return {"source": source, "source_sha256": ckpt.source_hash(source), "seed": 0, **extra}
+
+
+def _trained_pair() -> tuple[nn.Module, torch.optim.Optimizer]:
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(5, 3)).square().sum().backward()
+        optimizer.step()
+    return model, optimizer
+
+
+def test_round_trip_restores_weights_optimizer_and_meta(tmp_path: Path) -> None:
+    model, optimizer = _trained_pair()
+    meta = _meta(epoch=3, history=[1.5])
+    ckpt.save(str(tmp_path / "run"), model.state_dict(), optimizer.state_dict(), meta)
+    loaded = ckpt.load(str(tmp_path / "run"))
+    assert loaded.meta["epoch"] == 3 and loaded.meta["history"] == [1.5]
+    assert loaded.meta["versions"]["torch"] == torch.__version__
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.model[name], value)
+    fresh_model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    fresh = torch.optim.Adam(fresh_model.parameters(), lr=0.5)
+    fresh.load_state_dict(loaded.optimizer)
+    assert fresh.param_groups[0]["lr"] == 0.01
+    for original, restored in zip(optimizer.state.values(), fresh.state.values(), strict=True):
+        assert set(original) == set(restored) == {"step", "exp_avg", "exp_avg_sq"}
+        for key in original:
+            assert torch.equal(torch.as_tensor(original[key]), torch.as_tensor(restored[key]))
+    assert oct(os.stat(tmp_path / "run").st_mode & 0o777) != oct(0o700)  # not mkdtemp's private mode
+
+
+def test_sgd_momentum_state_round_trips(tmp_path: Path) -> None:
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    ckpt.save(str(tmp_path), model.state_dict(), optimizer.state_dict(), _meta())
+    state = ckpt.load(str(tmp_path)).optimizer
+    assert state["param_groups"][0]["nesterov"] is True
+    assert torch.equal(state["state"][0]["momentum_buffer"], optimizer.state[model.weight]["momentum_buffer"])
+
+
+def test_rng_state_round_trips() -> None:
+    saved = ckpt.rng_state()
+    expected = torch.rand(4)
+    torch.rand(100)
+    ckpt.set_rng_state(json.loads(json.dumps(saved)))
+    assert torch.equal(torch.rand(4), expected)
+
+
+def _save_counter(target: Path, value: float) -> None:
+    weights = {"w": torch.full((8,), value)}
+    ckpt.save(str(target), weights, {"state": {}, "param_groups": []}, _meta(counter=value))
+
+
+def test_failure_while_writing_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "run"
+    _save_counter(target, 1.0)
+    real_save_file = ckpt.save_file
+
+    def dies_on_optimizer(tensors: dict[str, torch.Tensor], path: str) -> None:
+        if path.endswith(ckpt.OPTIMIZER_FILE):
+            with open(path, "wb") as handle:
+                handle.write(b"half a file")
+            raise KeyboardInterrupt  # as if Ctrl-C arrived in the middle of the save
+        real_save_file(tensors, path)
+
+    monkeypatch.setattr(ckpt, "save_file", dies_on_optimizer)
+    with pytest.raises(KeyboardInterrupt):
+        _save_counter(target, 2.0)
+    loaded = ckpt.load(str(target))
+    assert loaded.meta["counter"] == 1.0 and torch.equal(loaded.model["w"], torch.full((8,), 1.0))
+    assert os.listdir(tmp_path) == ["run"]  # the half-written staging directory is gone
+
+
+def test_crash_between_the_renames_is_recovered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "run"
+    _save_counter(target, 1.0)
+    real_rename = os.rename
+    calls: list[str] = []
+
+    def dies_on_second(source: str, destination: str) -> None:
+        calls.append(destination)
+        if len(calls) == 2:
+            raise OSError("power cut")  # the old one is aside, the new one not yet in place
+        real_rename(source, destination)
+
+    monkeypatch.setattr(ckpt.os, "rename", dies_on_second)
+    with pytest.raises(OSError, match="power cut"):
+        _save_counter(target, 2.0)
+    monkeypatch.setattr(ckpt.os, "rename", real_rename)
+    assert not target.exists()
+    assert ckpt.load(str(target)).meta["counter"] == 1.0
+    assert target.is_dir()
+
+
+_SAVER = textwrap.dedent("""
+    import sys, torch
+    from netc.runtime import checkpoint as ckpt
+    target, counter = sys.argv[1], 0.0
+    source = "net tiny {}"
+    while True:
+        counter += 1
+        weights = {"w": torch.full((400_000,), counter)}  # 1.6 MB, so a save takes a while
+        meta = {"source": source, "source_sha256": ckpt.source_hash(source), "counter": counter}
+        ckpt.save(target, weights, {"state": {}, "param_groups": []}, meta)
+        print(counter, flush=True)
+""")
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.13, 0.31])
+def test_sigkill_during_saves_leaves_a_whole_checkpoint(tmp_path: Path, delay: float) -> None:
+    target = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-c", _SAVER, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()  # the first save is complete
+        time.sleep(delay)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    loaded = ckpt.load(str(target))
+    counter = loaded.meta["counter"]
+    assert counter >= 1 and torch.equal(loaded.model["w"], torch.full((400_000,), counter))
+
+
+def test_missing_and_damaged_checkpoints_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no checkpoint at .*does not exist"):
+        ckpt.load(str(tmp_path / "absent"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="not a netc checkpoint .*no meta.json"):
+        ckpt.load(str(tmp_path / "empty"))
+    model, optimizer = _trained_pair()
+    target = tmp_path / "run"
+    ckpt.save(str(target), model.state_dict(), optimizer.state_dict(), _meta())
+    weights = target / ckpt.MODEL_FILE
+    weights.write_bytes(weights.read_bytes()[:-20])
+    with pytest.raises(DataError, match="damaged or incomplete"):
+        ckpt.load(str(target))
+    ckpt.save(str(target), model.state_dict(), optimizer.state_dict(), _meta())
+    meta_path = target / ckpt.META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["source"] += "# edited"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="does not match its sha256"):
+        ckpt.load(str(target))
+    meta_path.write_text("{ not json")
+    with pytest.raises(DataError, match="damaged or incomplete"):
+        ckpt.load(str(target))
+    os.remove(target / ckpt.OPTIMIZER_FILE)
+    with pytest.raises(DataError, match="damaged or incomplete"):
+        ckpt.load(str(target))
+
+
+def test_a_different_source_is_refused(tmp_path: Path) -> None:
+    model, optimizer = _trained_pair()
+    ckpt.save(str(tmp_path), model.state_dict(), optimizer.state_dict(), _meta())
+    loaded = ckpt.load(str(tmp_path))
+    ckpt.check_source(loaded, SOURCE, "tiny.net")  # the same text passes
+    with pytest.raises(DataError, match="trained from a different .net source than other.net"):
+        ckpt.check_source(loaded, SOURCE.replace("linear 2", "linear 3"), "other.net")
+
+
+def test_never_replaces_a_directory_that_is_not_a_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    model, optimizer = _trained_pair()
+    with pytest.raises(DataError, match="exists and is not a netc checkpoint"):
+        ckpt.save(str(tmp_path / "mine"), model.state_dict(), optimizer.state_dict(), _meta())
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
