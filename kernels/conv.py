@@ -349,7 +349,7 @@ def _forward(x, weight, bias, geo: _Geometry, act: int, slope: float) -> torch.T
     rows, ocg = batch * out_h * out_w, out_channels // geo.groups
     grid = (triton.cdiv(rows, args["BLOCK_M"]), triton.cdiv(ocg, args["BLOCK_N"]), geo.groups)
     _conv2d_fwd_kernel[grid](
-        x, weight, bias if bias is not None else x, y, *x.stride(), *weight.stride(),
+        x, weight, bias.contiguous() if bias is not None else x, y, *x.stride(), *weight.stride(),
         height, width, out_h, out_w, rows, channels // geo.groups, ocg, *_geometry_args(geo), slope,
         KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act, **args,
     )  # fmt: skip

@@ -215,9 +215,8 @@ def _geometry(x: torch.Tensor, op: str, kernel_size, stride, padding, dilation, 
     pad, dil = _pair(padding, "padding", op), _pair(dilation, "dilation", op)
     if min(kernel) < 1 or min(stride_hw) < 1 or min(dil) < 1 or min(pad) < 0:
         raise ValueError(f"{op}: kernel_size, stride, dilation must be >= 1 and padding >= 0")
-    for p, k, d in zip(pad, kernel, dil, strict=True):
-        if p > (d * (k - 1) + 1) // 2:
-            raise ValueError(f"{op}: padding {pad} exceeds half the (dilated) kernel {kernel}")
+    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:  # PyTorch's limit, dilation or not
+        raise ValueError(f"{op}: padding {pad} exceeds half the kernel {kernel}")
     out_hw = tuple(
         _out_size(size, k, s, p, d, ceil_mode)
         for size, k, s, p, d in zip(x.shape[-2:], kernel, stride_hw, pad, dil, strict=True)

@@ -1,0 +1,181 @@
+"""conv2d / conv2d_act kernels vs torch.nn.functional in float64: forward, input, weight, bias gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from kernel_helpers_conv import compare_with_torch, strided_like
+
+from netc.kernels.conv import conv2d, conv2d_act
+
+# PyTorch warns that its 'same' padding with even kernels copies the input: the reference's concern
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
+
+# id -> (input shape, out_channels, kernel, conv keywords); sizes are odd and off every block size
+CASES: dict[str, tuple[tuple[int, ...], int, tuple[int, int], dict]] = {
+    "plain": ((2, 3, 9, 11), 5, (3, 3), {}),
+    "stride-pad": ((2, 3, 9, 11), 5, (3, 3), {"stride": 2, "padding": 1}),
+    "asymmetric": ((2, 3, 10, 9), 5, (3, 2), {"stride": (2, 3), "padding": (1, 2), "dilation": (2, 1)}),
+    "dilation": ((1, 2, 11, 9), 3, (3, 3), {"dilation": 2, "padding": 2}),
+    "stride-over-kernel": ((2, 2, 11, 9), 3, (2, 2), {"stride": 3}),
+    "groups": ((2, 4, 7, 9), 6, (3, 3), {"groups": 2, "padding": 1}),
+    "groups-3-stride": ((1, 6, 9, 7), 9, (3, 2), {"groups": 3, "stride": (1, 2), "padding": (0, 1)}),
+    "depthwise": ((2, 3, 9, 7), 3, (3, 3), {"groups": 3, "padding": 1}),
+    "depthwise-x2": ((2, 3, 9, 7), 6, (3, 3), {"groups": 3, "stride": 2}),
+    "batch1-single-channel": ((1, 1, 7, 9), 1, (3, 3), {}),
+    "1x1": ((2, 5, 7, 5), 3, (1, 1), {}),
+    "same-odd": ((2, 3, 9, 7), 4, (3, 5), {"padding": "same"}),
+    "same-even": ((2, 3, 9, 7), 4, (4, 2), {"padding": "same"}),
+    "same-even-dilated": ((1, 2, 9, 8), 3, (4, 3), {"padding": "same", "dilation": (1, 2)}),
+    "same-dilated-odd-total": ((1, 2, 9, 8), 3, (2, 3), {"padding": "same", "dilation": (3, 1)}),
+    "valid": ((2, 3, 9, 7), 4, (4, 3), {"padding": "valid"}),
+    "kernel-fills-padded-input": ((2, 2, 5, 4), 3, (7, 6), {"padding": 1}),
+    "kernel-fills-input": ((3, 2, 5, 7), 3, (5, 7), {}),
+}
+# cross every block boundary (rows > 64, channels > 32, K > 32): several programs on each grid axis
+CASES["multi-block"] = ((3, 5, 13, 10), 37, (3, 3), {"padding": (0, 1), "stride": (1, 2)})
+SLOW_CASES = {
+    "multi-block-groups": ((2, 70, 11, 9), 66, (3, 3), {"groups": 2, "padding": 1}),
+    "multi-block-depthwise": ((3, 20, 12, 11), 20, (3, 3), {"groups": 20, "stride": 2, "padding": 1}),
+}
+
+
+def _tensors(device: str, shape, out_channels, kernel, kwargs, dtype=torch.float64, bias=True):
+    groups = kwargs.get("groups", 1)
+    x = torch.randn(*shape, dtype=dtype, device=device, requires_grad=True)
+    w = torch.randn(
+        out_channels, shape[-3] // groups, *kernel, dtype=dtype, device=device, requires_grad=True
+    )
+    b = torch.randn(out_channels, dtype=dtype, device=device, requires_grad=True) if bias else None
+    return x, w, b
+
+
+def _check(device: str, case, dtype=torch.float64, bias=True, strided_grad=False) -> None:
+    shape, out_channels, kernel, kwargs = case
+    tensors = _tensors(device, shape, out_channels, kernel, kwargs, dtype, bias)
+    compare_with_torch(
+        "conv2d",
+        lambda x, w, b: conv2d(x, w, b, **kwargs),
+        lambda x, w, b: F.conv2d(x, w, b, **kwargs),
+        tensors,
+        strided_grad=strided_grad,
+    )
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_conv2d_matches_torch(device: str, name: str) -> None:
+    _check(device, CASES[name])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW_CASES)
+def test_conv2d_multi_block(device: str, name: str) -> None:
+    _check(device, SLOW_CASES[name])
+    _check(device, SLOW_CASES[name], torch.float32)
+
+
+@pytest.mark.parametrize("name", ["plain", "groups", "same-even"])
+def test_conv2d_without_bias(device: str, name: str) -> None:
+    _check(device, CASES[name], bias=False)
+
+
+@pytest.mark.parametrize("name", ["plain", "asymmetric", "depthwise", "kernel-fills-padded-input"])
+def test_conv2d_float32_within_float32_tolerance(device: str, name: str) -> None:
+    _check(device, CASES[name], dtype=torch.float32)
+
+
+def test_conv2d_unbatched_input(device: str) -> None:
+    shape, out_channels, kernel, kwargs = CASES["groups"]
+    _check(device, (shape[1:], out_channels, kernel, kwargs))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_conv2d_non_contiguous_everything(device: str, dtype: torch.dtype) -> None:
+    """Strided input, weight and output gradient (as from a permute or a slice) go through the index math."""
+    x = strided_like((2, 4, 9, 7), dtype, device).requires_grad_()
+    w = strided_like((6, 2, 3, 2), dtype, device).requires_grad_()
+    b = torch.randn(12, dtype=dtype, device=device)[::2].requires_grad_()
+    assert not (x.is_contiguous() or w.is_contiguous() or b.is_contiguous())
+    kwargs = {"groups": 2, "stride": (2, 1), "padding": (1, 0), "dilation": (1, 2)}
+    compare_with_torch(
+        "conv2d",
+        lambda x, w, b: conv2d(x, w, b, **kwargs),
+        lambda x, w, b: F.conv2d(x, w, b, **kwargs),
+        [x, w, b],
+        strided_grad=True,
+    )
+
+
+@pytest.mark.parametrize("needs", ["input", "weight", "bias", "weight+bias"])
+def test_conv2d_partial_gradients(device: str, needs: str) -> None:
+    """Only the requested gradients are computed, and they are still right."""
+    x, w, b = _tensors(device, (2, 3, 8, 7), 5, (3, 3), {})
+    for tensor, label in ((x, "input"), (w, "weight"), (b, "bias")):
+        tensor.requires_grad_(label in needs.split("+"))
+    compare_with_torch(
+        "conv2d", lambda *t: conv2d(*t, padding=1), lambda *t: F.conv2d(*t, padding=1), [x, w, b]
+    )
+
+
+_REFERENCE_ACTIVATIONS = {
+    None: lambda z, slope: z,
+    "relu": lambda z, slope: F.relu(z),
+    "tanh": lambda z, slope: torch.tanh(z),
+    "sigmoid": lambda z, slope: torch.sigmoid(z),
+    "leaky_relu": lambda z, slope: F.leaky_relu(z, slope),
+}
+
+
+@pytest.mark.parametrize("activation", list(_REFERENCE_ACTIVATIONS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_conv2d_act_matches_torch(device: str, activation: str | None, dtype: torch.dtype) -> None:
+    shape, out_channels, kernel, kwargs = CASES["groups-3-stride"]
+    tensors = _tensors(device, shape, out_channels, kernel, kwargs, dtype)
+    slope, act = 0.2, _REFERENCE_ACTIVATIONS[activation]
+    compare_with_torch(
+        f"conv2d_act[{activation}]",
+        lambda x, w, b: conv2d_act(x, w, b, **kwargs, activation=activation, slope=slope),
+        lambda x, w, b: act(F.conv2d(x, w, b, **kwargs), slope),
+        tensors,
+    )
+
+
+def test_conv2d_act_positional_signature(device: str) -> None:
+    """conv2d_act(input, weight, bias, stride, padding, dilation, groups, activation, slope)."""
+    x, w, b = _tensors(device, (1, 2, 7, 6), 3, (2, 3), {})
+    compare_with_torch(
+        "conv2d_act[leaky_relu]",
+        lambda x, w, b: conv2d_act(x, w, b, (1, 2), (1, 0), (2, 1), 1, "leaky_relu", 0.3),
+        lambda x, w, b: F.leaky_relu(F.conv2d(x, w, b, (1, 2), (1, 0), (2, 1), 1), 0.3),
+        [x, w, b],
+    )
+
+
+def test_unsupported_inputs_raise(device: str) -> None:
+    x = torch.randn(1, 2, 5, 5, device=device)
+    w = torch.randn(3, 2, 3, 3, device=device)
+    with pytest.raises(NotImplementedError, match="float16"):
+        conv2d(x.half(), w.half())
+    with pytest.raises(NotImplementedError, match="mixed"):
+        conv2d(x, w.double())
+    with pytest.raises(NotImplementedError, match="gelu"):
+        conv2d_act(x, w, activation="gelu")
+    with pytest.raises(NotImplementedError, match="negative slope"):
+        conv2d_act(x, w, activation="leaky_relu", slope=-0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, weight_shape, match",
+    [
+        ({"padding": "same", "stride": 2}, (3, 2, 3, 3), "stride 1"),
+        ({"padding": "full"}, (3, 2, 3, 3), "padding"),
+        ({"groups": 2}, (3, 1, 3, 3), "groups"),
+        ({}, (3, 2, 7, 3), "does not fit"),
+        ({"stride": 0}, (3, 2, 3, 3), ">= 1"),
+    ],
+)
+def test_bad_arguments_raise_value_error(device: str, kwargs: dict, weight_shape, match: str) -> None:
+    x = torch.randn(1, 2, 5, 5, device=device)
+    with pytest.raises(ValueError, match=match):
+        conv2d(x, torch.randn(*weight_shape, device=device), **kwargs)
