@@ -19,39 +19,36 @@ import torch
 import triton
 
 from netc.kernels import config
-from netc.kernels.recurrent_jit import (
-    GRU,
-    LSTM,
-    RNN_RELU,
-    RNN_TANH,
-    _colsum_kernel,
-    _gemm_kernel,
-    _seq_bwd_kernel,
-    _seq_fwd_kernel,
-)
+from netc.kernels.recurrent_cells import GRU, LSTM, RNN_RELU, RNN_TANH, seq_bwd_kernel, seq_fwd_kernel
+from netc.kernels.recurrent_gemm import Matrix, colsum, gemm
+from netc.kernels.recurrent_steps import steps_backward, steps_forward
 
-PRECISION = "ieee"
 _GATES = {RNN_TANH.value: 1, RNN_RELU.value: 1, LSTM.value: 4, GRU.value: 3}
 _NAMES = {RNN_TANH.value: "rnn", RNN_RELU.value: "rnn", LSTM.value: "lstm", GRU.value: "gru"}
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """Block sizes and warps of this family's launches; one per target."""
+    """Block sizes, warps and dot precision of this family's launches; one per target."""
 
     gemm_block: tuple[int, int, int]  # BLOCK_M, BLOCK_N, BLOCK_K
     gemm_warps: int
-    seq_block_n: int  # batch rows per sequence program, at most (>= 16: the dot's M)
-    max_hidden: int  # largest hidden size whose recurrent tile the sequence kernels keep on chip
+    seq_block_n: int  # batch rows per persistent program, at most (>= 16: the dot's M)
+    max_hidden: int  # largest hidden size whose (H x H) gate tiles the persistent kernels keep on chip
+    step_block: tuple[int, int]  # BLOCK_N, BLOCK_H of the per-step fallback's cell launches
+    step_warps: int
     colsum_block: tuple[int, int]  # BLOCK_R, BLOCK_C
+    precision: str = "ieee"  # tl.dot input_precision; float64 inputs give float64 dots
 
 
-# The GPU keeps 16 batch rows per program (more programs, more SMs busy); the
-# interpreter runs programs one after another, so it takes the largest blocks.
+# The GPU keeps 16 batch rows per program (more programs keep more SMs busy)
+# and stops the persistent kernels at H = 128, where one float32 gate tile is
+# 64 KiB; the interpreter runs programs one after another, so it takes the
+# largest blocks. Tests shrink max_hidden to reach the per-step fallback.
 GPU_CONFIG = LaunchConfig(gemm_block=(64, 64, 32), gemm_warps=4, seq_block_n=16, max_hidden=128,
-                          colsum_block=(64, 64))
+                          step_block=(16, 128), step_warps=4, colsum_block=(64, 64))
 INTERPRETER_CONFIG = LaunchConfig(gemm_block=(64, 64, 64), gemm_warps=4, seq_block_n=64, max_hidden=128,
-                                  colsum_block=(256, 64))
+                                  step_block=(64, 256), step_warps=4, colsum_block=(256, 64))
 
 
 def launch_config() -> LaunchConfig:
@@ -59,58 +56,16 @@ def launch_config() -> LaunchConfig:
     return INTERPRETER_CONFIG if config.interpreting() else GPU_CONFIG
 
 
-@dataclass(frozen=True)
-class _Matrix:
-    """A strided tensor read as a matrix: rows from `row_dims`, columns from `col_dims` (one or two dims each)."""
-
-    tensor: torch.Tensor
-    row_dims: tuple[int, ...]
-    col_dims: tuple[int, ...]
-
-    def group(self, dims: tuple[int, ...]) -> tuple[int, int, int, int]:
-        """(size, inner size, outer stride, inner stride) of a flattened dim group."""
-        shape, stride = self.tensor.shape, self.tensor.stride()
-        if len(dims) == 1:
-            return shape[dims[0]], max(shape[dims[0]], 1), 0, stride[dims[0]]
-        outer, inner = dims
-        return shape[outer] * shape[inner], max(shape[inner], 1), stride[outer], stride[inner]
-
-
-def _gemm(a: _Matrix, b: _Matrix, out: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """out (M, N) (contiguous, any view shape) = A @ B (+ bias); A's and B's K groups must match."""
-    m, m_inner, s_am0, s_am1 = a.group(a.row_dims)
-    k, k_inner, s_ak0, s_ak1 = a.group(a.col_dims)
-    k_b, k_inner_b, s_bk0, s_bk1 = b.group(b.row_dims)
-    n, _, _, s_bn = b.group(b.col_dims)
-    assert k == k_b and (k == 0 or k_inner == k_inner_b) and len(b.col_dims) == 1 and out.numel() == m * n
-    cfg = launch_config()
-    block_m, block_n, block_k = cfg.gemm_block
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    _gemm_kernel[grid](
-        a.tensor, b.tensor, bias if bias is not None else out, out,
-        m, n, k, m_inner, k_inner, s_am0, s_am1, s_ak0, s_ak1, s_bk0, s_bk1, s_bn,
-        bias.stride(0) if bias is not None else 0, n,
-        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        PRECISION=PRECISION, num_warps=cfg.gemm_warps,
-    )
-    return out
-
-
-def _colsum(rows: torch.Tensor) -> torch.Tensor:
-    """(..., C) contiguous -> (C,) sums over every leading index (a bias gradient)."""
-    cols = rows.shape[-1]
-    out = config.new_empty((cols,), rows)
-    block_r, block_c = launch_config().colsum_block
-    _colsum_kernel[(triton.cdiv(cols, block_c),)](rows, out, rows.numel() // cols, cols,
-                                                  BLOCK_R=block_r, BLOCK_C=block_c)
-    return out
-
-
-def _seq_blocks(batch: int, hidden: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_H, warps) of a sequence launch: dot dims padded to >= 16."""
-    block_n = min(max(triton.next_power_of_2(batch), 16), launch_config().seq_block_n)
+def _seq_blocks(cfg: LaunchConfig, batch: int, hidden: int) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_H, warps) of a persistent launch: dot dims padded to >= 16."""
+    block_n = min(max(triton.next_power_of_2(batch), 16), cfg.seq_block_n)
     block_h = max(triton.next_power_of_2(hidden), 16)
     return block_n, block_h, 4 if block_h <= 64 else 8
+
+
+def _gemm(a: Matrix, b: Matrix, out: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    cfg = launch_config()
+    return gemm(a, b, out, bias, cfg.precision, cfg.gemm_block, cfg.gemm_warps)
 
 
 def _layer_forward(
@@ -119,55 +74,75 @@ def _layer_forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One layer over the whole sequence -> (y (N, T, H), gates (N, T, 4H), cells (N, T, H), c_n (N, H)).
 
-    gates, cells and c_n are only written for the cells that need them (y stands in otherwise).
+    gates are written for lstm and gru, cells and c_n for lstm only (y stands in otherwise).
     """
+    cfg = launch_config()
     batch, steps, _ = x.shape
     gate_rows, hidden = w_hh.shape
-    xg = config.new_empty((batch, steps, gate_rows), x)  # x @ W_ih^T + b_ih for all steps
-    _gemm(_Matrix(x, (0, 1), (2,)), _Matrix(w_ih, (1,), (0,)), xg, b_ih)
+    xg = config.new_empty((batch, steps, gate_rows), x)  # x @ W_ih^T + b_ih for all steps at once
+    _gemm(Matrix(x, (0, 1), (2,)), Matrix(w_ih, (1,), (0,)), xg, b_ih)
     y = config.new_empty((batch, steps, hidden), x)
     gates = config.new_empty((batch, steps, 4 * hidden), x) if cell in (LSTM.value, GRU.value) else y
     cells = config.new_empty((batch, steps, hidden), x) if cell == LSTM.value else y
     c_n = config.new_empty((batch, hidden), x) if cell == LSTM.value else y
-    block_n, block_h, warps = _seq_blocks(batch, hidden)
-    _seq_fwd_kernel[(triton.cdiv(batch, block_n),)](
+    if hidden > cfg.max_hidden:
+        steps_forward(xg, w_hh, b_hh, (y, gates, cells, c_n), cell, cfg)
+        return y, gates, cells, c_n
+    block_n, block_h, warps = _seq_blocks(cfg, batch, hidden)
+    seq_fwd_kernel[(triton.cdiv(batch, block_n),)](
         xg, w_hh, b_hh if b_hh is not None else w_hh, y, gates, cells, c_n,
         batch, steps, hidden, w_hh.stride(0), w_hh.stride(1), b_hh.stride(0) if b_hh is not None else 0,
         CELL=cell, G=_GATES[cell], HAS_BIAS=b_hh is not None, BLOCK_N=block_n, BLOCK_H=block_h,
-        PRECISION=PRECISION, num_warps=warps,
+        PRECISION=cfg.precision, num_warps=warps,
     )
     return y, gates, cells, c_n
+
+
+def _gate_grads(
+    dy: torch.Tensor, dc_n: torch.Tensor | None, w_hh: torch.Tensor, saved: tuple[torch.Tensor, ...],
+    cell: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward through time -> (dgx, dgh) (N, T, G*H): gradients of the input- and hidden-side
+    gate pre-activations of every step (the same tensor except for the gru's n gate)."""
+    cfg = launch_config()
+    y, gates, cells = saved
+    batch, steps, hidden = y.shape
+    dgx = config.new_empty((batch, steps, w_hh.shape[0]), y)
+    dgh = config.new_empty(dgx.shape, y) if cell == GRU.value else dgx
+    dc_n = dc_n.contiguous() if dc_n is not None else y
+    if hidden > cfg.max_hidden:
+        steps_backward(dy, dc_n, w_hh, saved, (dgx, dgh), cell, cfg)
+        return dgx, dgh
+    block_n, block_h, warps = _seq_blocks(cfg, batch, hidden)
+    seq_bwd_kernel[(triton.cdiv(batch, block_n),)](
+        dy, dc_n, w_hh, y, gates, cells, dgx, dgh, batch, steps, hidden,
+        w_hh.stride(0), w_hh.stride(1), dy.stride(0), dy.stride(1), dy.stride(2),
+        CELL=cell, G=_GATES[cell], BLOCK_N=block_n, BLOCK_H=block_h, PRECISION=cfg.precision,
+        num_warps=warps,
+    )
+    return dgx, dgh
 
 
 def _layer_backward(
     saved: tuple[torch.Tensor, ...], cell: int, dy: torch.Tensor, dc_n: torch.Tensor | None,
     needs: tuple[bool, ...],
 ) -> tuple[torch.Tensor | None, ...]:
-    """Reverse-time launch, then GEMMs -> (dx, dW_ih, dW_hh, db_ih, db_hh); None where not needed."""
+    """Reverse-time pass, then GEMMs and column sums -> (dx, dW_ih, dW_hh, db_ih, db_hh), None if unneeded."""
     x, w_ih, w_hh, y, gates, cells = saved
-    batch, steps, hidden = y.shape
-    gate_rows = w_hh.shape[0]
-    dgx = config.new_empty((batch, steps, gate_rows), x)  # d loss / d (x-side gate pre-activations)
-    dgh = config.new_empty((batch, steps, gate_rows), x) if cell == GRU.value else dgx  # hidden side
-    dc_n = dc_n.contiguous() if dc_n is not None else y
-    block_n, block_h, warps = _seq_blocks(batch, hidden)
-    _seq_bwd_kernel[(triton.cdiv(batch, block_n),)](
-        dy, dc_n, w_hh, y, gates, cells, dgx, dgh, batch, steps, hidden,
-        w_hh.stride(0), w_hh.stride(1), dy.stride(0), dy.stride(1), dy.stride(2),
-        CELL=cell, G=_GATES[cell], BLOCK_N=block_n, BLOCK_H=block_h, PRECISION=PRECISION, num_warps=warps,
-    )
+    dgx, dgh = _gate_grads(dy, dc_n, w_hh, (y, gates, cells), cell)
+    colsum_block = launch_config().colsum_block
     dx = dw_ih = dw_hh = db_ih = db_hh = None
     if needs[0]:
-        dx = _gemm(_Matrix(dgx, (0, 1), (2,)), _Matrix(w_ih, (0,), (1,)), config.new_empty(x.shape, x))
+        dx = _gemm(Matrix(dgx, (0, 1), (2,)), Matrix(w_ih, (0,), (1,)), config.new_empty(x.shape, x))
     if needs[1]:
-        dw_ih = _gemm(_Matrix(dgx, (2,), (0, 1)), _Matrix(x, (0, 1), (2,)), config.new_empty(w_ih.shape, x))
+        dw_ih = _gemm(Matrix(dgx, (2,), (0, 1)), Matrix(x, (0, 1), (2,)), config.new_empty(w_ih.shape, x))
     if needs[2]:  # h_{t-1} is 0 at t = 0, so only steps 1..T-1 contribute
-        dw_hh = _gemm(_Matrix(dgh[:, 1:], (2,), (0, 1)), _Matrix(y[:, :-1], (0, 1), (2,)),
+        dw_hh = _gemm(Matrix(dgh[:, 1:], (2,), (0, 1)), Matrix(y[:, :-1], (0, 1), (2,)),
                       config.new_empty(w_hh.shape, x))
     if needs[3]:
-        db_ih = _colsum(dgx)
+        db_ih = colsum(dgx, colsum_block)
     if needs[4]:
-        db_hh = _colsum(dgh)
+        db_hh = colsum(dgh, colsum_block)
     return dx, dw_ih, dw_hh, db_ih, db_hh
 
 
@@ -216,10 +191,8 @@ def _check_layer(x: torch.Tensor, params: tuple[torch.Tensor | None, ...], gates
             raise ValueError(f"{name}: bias of shape {tuple(p.shape)}, expected ({gates * hidden},)")
     for p in params:
         if p is not None and (p.dtype != x.dtype or p.device != x.device):
-            raise ValueError(f"{name}: weights must match the input's dtype and device ({x.dtype}, {x.device})")
-    if hidden > launch_config().max_hidden:
-        raise NotImplementedError(f"{name}: hidden size {hidden} > {launch_config().max_hidden} "
-                                  "(the recurrent weight tile no longer fits on chip)")
+            raise ValueError(f"{name}: every weight must have the input's dtype and device "
+                             f"({x.dtype}, {x.device})")
 
 
 def _run_stack(
@@ -252,7 +225,9 @@ def rnn(
     input: torch.Tensor, weights: list[torch.Tensor] | tuple[torch.Tensor, ...], num_layers: int = 1,
     nonlinearity: str = "tanh", bias: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Elman rnn as torch.nn.RNN(batch_first=True), h_0 = 0: h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh).
+    """Elman rnn as torch.nn.RNN(batch_first=True), h_0 = 0.
+
+    h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh), act = tanh or relu.
 
     input: (N, T, F) or unbatched (T, F), float32 or float64. weights: torch's `_flat_weights`
     order, per layer weight_ih (H, F_k), weight_hh (H, H), then bias_ih (H,), bias_hh (H,) when
@@ -288,7 +263,9 @@ def gru(
     input: torch.Tensor, weights: list[torch.Tensor] | tuple[torch.Tensor, ...], num_layers: int = 1,
     bias: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRU as torch.nn.GRU(batch_first=True), h_0 = 0, gate order r, z, n, n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
+    """GRU as torch.nn.GRU(batch_first=True), h_0 = 0, gate order r, z, n.
+
+    n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn)), h_t = (1 - z_t) n_t + z_t h_{t-1}.
 
     input: (N, T, F) or unbatched (T, F), float32 or float64. weights: torch's `_flat_weights`
     order, per layer weight_ih (3H, F_k), weight_hh (3H, H), then bias_ih (3H,), bias_hh (3H,)
