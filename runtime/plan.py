@@ -1,0 +1,258 @@
+"""Graph -> the kernel plan (`netc compile --emit plan`) and the Triton source it uses (`--emit triton`).
+
+The plan is traced, not re-derived: the network is lowered on the Triton
+backend (fusions applied) and one training step (forward, cross-entropy,
+backward) runs on uninitialised CPU tensors with every `kernel[grid](...)`
+intercepted and recorded instead of launched. So each row shows exactly the
+grid and block sizes the launchers pick, for the target asked for (the GPU
+settings by default; the interpreter picks larger blocks), and a kernel
+renamed or re-tiled in `netc.kernels` shows up here without a change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from netc.dsl.ir import Graph, Node
+from netc.runtime.fuse import walk
+from netc.runtime.lower import Network
+from netc.runtime.plan_cost import launch_bytes, launch_flops
+
+TARGETS = ("gpu", "interpreter")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One recorded kernel launch."""
+
+    layer: str  # node name ("0", "3.1"), or "loss"
+    phase: str  # "forward" or "backward"
+    kernel: str  # the @triton.jit function's name
+    module: str  # the Python module that defines it
+    grid: tuple[int, ...]
+    blocks: dict[str, int]  # BLOCK_* / GROUP_* constexprs, num_warps, num_stages
+    bytes: int  # distinct tensor arguments' sizes: the launch's compulsory memory traffic
+    flops: int  # see netc.runtime.plan_cost
+
+
+class _Recorder:
+    """Replaces `kernel[grid](...)` by a record; keeps the layer and phase the launch belongs to."""
+
+    def __init__(self) -> None:
+        self.layer = "input"
+        self.phase = "forward"
+        self.launches: list[Launch] = []
+        self.kernels: dict[str, Any] = {}  # name -> the jit object, in first-launch order
+
+    def record(self, kernel: Any, grid: Any, args: tuple, kwargs: dict[str, Any]) -> None:
+        fn = kernel.fn
+        options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages") if key in kwargs}
+        bound = inspect.signature(fn).bind_partial(*args, **kwargs).arguments
+        grid = tuple(grid(bound) if callable(grid) else grid)
+        blocks = {k: v for k, v in bound.items() if re.match(r"(BLOCK|GROUP)", k) and isinstance(v, int)}
+        blocks.update(options)
+        self.kernels.setdefault(fn.__name__, kernel)
+        self.launches.append(Launch(self.layer, self.phase, fn.__name__, fn.__module__, grid, blocks,
+                                    launch_bytes(bound), launch_flops(fn.__name__, bound, grid)))
+
+
+@contextlib.contextmanager
+def _intercept(recorder: _Recorder, kernel_types: set[type], target: str) -> Iterator[None]:
+    """Route every launch of these jit classes to the recorder; launchers see the target's settings."""
+    from netc.kernels import config
+
+    saved = {cls: cls.__dict__.get("__getitem__") for cls in kernel_types}
+    saved_interpreting = config.interpreting
+
+    def getitem(self: Any, grid: Any) -> Any:
+        return lambda *args, **kwargs: recorder.record(self, grid, args, dict(kwargs))
+
+    try:
+        for cls in kernel_types:
+            cls.__getitem__ = getitem  # type: ignore[method-assign]
+        config.interpreting = lambda: target == "interpreter"  # type: ignore[assignment]
+        yield
+    finally:
+        config.interpreting = saved_interpreting  # type: ignore[assignment]
+        for cls, original in saved.items():
+            if original is None:
+                del cls.__getitem__
+            else:
+                cls.__getitem__ = original  # type: ignore[method-assign]
+
+
+def _jit_types() -> set[type]:
+    """The classes of the @triton.jit objects in the kernel families (JITFunction, or the interpreter's)."""
+    import importlib
+
+    import netc.kernels
+
+    types = set()
+    for family in sorted(set(netc.kernels._EXPORTS.values())):
+        module = importlib.import_module(f"netc.kernels.{family}")
+        types |= {type(value) for value in vars(module).values() if is_jit(value)}
+    return types
+
+
+def is_jit(value: Any) -> bool:
+    """True for a @triton.jit function (a JITFunction, or the interpreter's stand-in)."""
+    return inspect.isfunction(getattr(value, "fn", None)) and hasattr(type(value), "__getitem__")
+
+
+def _attach_layer_hooks(network: Network, recorder: _Recorder) -> list[Any]:
+    """Forward pre-hooks and backward pre-hooks that tell the recorder which layer is running."""
+    handles = []
+    for name, module in network.named_modules():
+        if not name:
+            continue
+
+        def forward_pre(_module: Any, _inputs: Any, _name: str = name) -> None:
+            recorder.layer, recorder.phase = _name, "forward"
+
+        def backward_pre(_module: Any, _grads: Any, _name: str = name) -> None:
+            recorder.layer, recorder.phase = _name, "backward"
+
+        handles.append(module.register_forward_pre_hook(forward_pre))
+        handles.append(module.register_full_backward_pre_hook(backward_pre))
+    return handles
+
+
+def trace(graph: Graph, batch: int | None = None, target: str = "gpu") -> tuple[list[Launch], dict[str, Any]]:
+    """Every launch of one training step at `batch` (default: the train block's), and the kernels used."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    from netc.runtime.fuse import find_fusions
+
+    batch = batch or graph.train.batch
+    network = Network(graph, "triton", torch.device("cpu"))  # never launched, so no device is needed
+    network.apply_fusions(find_fusions(graph.nodes))
+    recorder = _Recorder()
+    handles = _attach_layer_hooks(network, recorder)
+    try:
+        with _intercept(recorder, _jit_types(), target), torch.random.fork_rng():
+            x = torch.empty(batch, *graph.input_shape)
+            out = network.train()(x)
+            recorder.layer = "loss"
+            if len(graph.output_shape) == 1:
+                loss = network.loss(out, torch.zeros(batch, dtype=torch.long), graph.train.label_smoothing)
+            else:  # no classifier head: a plain sum stands in for the loss
+                loss = out.sum()
+            recorder.phase = "backward"
+            with warnings.catch_warnings():  # hooks on layers whose input needs no gradient (the first)
+                warnings.simplefilter("ignore", UserWarning)
+                loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorder.launches, recorder.kernels
+
+
+def _human(value: float, unit: str) -> str:
+    for prefix in ("", "K", "M", "G", "T"):
+        if abs(value) < 1000 or prefix == "T":
+            return f"{value:.0f} {prefix}{unit}" if not prefix else f"{value:.2f} {prefix}{unit}"
+        value /= 1000
+    return f"{value} {unit}"  # unreachable
+
+
+def _layer_heading(node: Node, fused_into: dict[str, str], fused_with: dict[str, str]) -> str:
+    shapes = f"{list(node.in_shape)} -> {list(node.out_shape)}"
+    text = f"layer {node.name}  {node.op}  {shapes}  (line {node.loc.line})"
+    if node.name in fused_with:
+        text += f"  + {fused_with[node.name]}"
+    if node.name in fused_into:
+        return text + f"\n    fused into layer {fused_into[node.name]}'s epilogue: no launch of its own"
+    if node.op == "flatten":
+        return text + "\n    a view: no launch"
+    if node.op == "residual":
+        return text + "\n    x + body(x): the add is one PyTorch elementwise op (no Triton kernel)"
+    if node.op == "dropout":
+        return text + "\n    identity in eval mode; the training launches follow"
+    return text
+
+
+def _launch_line(launch: Launch) -> str:
+    blocks = " ".join(f"{k.replace('num_', '')}={v}" for k, v in launch.blocks.items())
+    grid = "(" + ", ".join(map(str, launch.grid)) + ")"
+    phase = "fwd" if launch.phase == "forward" else "bwd"
+    return (f"    {phase}  {launch.kernel:<28} grid={grid:<14} {blocks:<52} "
+            f"{_human(launch.bytes, 'B'):>10} {_human(launch.flops, 'FLOP'):>13}")
+
+
+def format_plan(graph: Graph, batch: int | None = None, target: str = "gpu") -> str:
+    """Per layer, the kernels it lowers to (after fusion): grid, block sizes, bytes and FLOPs per launch."""
+    from netc.runtime.fuse import find_fusions
+
+    batch = batch or graph.train.batch
+    launches, _ = trace(graph, batch, target)
+    fusions = find_fusions(graph.nodes)
+    fused_into = {f.activation.name: f.producer.name for f in fusions}
+    fused_with = {f.producer.name: f"{f.activation.op} fused -> {f.kernel}" for f in fusions}
+    lines = [f"kernel plan for net {graph.name}: one training step at batch {batch}, float32, "
+             f"{'GPU' if target == 'gpu' else 'interpreter'} launch settings",
+             f"fusion pass: {len(fusions)} fused" + "".join(f"\n  {f.describe()}" for f in fusions)]
+    for node in walk(graph.nodes):
+        lines.append(_layer_heading(node, fused_into, fused_with))
+        own = [launch for launch in launches if launch.layer == node.name]
+        lines.extend(_launch_line(launch) for launch in own)
+    loss_launches = [launch for launch in launches if launch.layer == "loss"]
+    if loss_launches:
+        lines.append("loss  cross_entropy" + (f" label_smoothing={graph.train.label_smoothing}"
+                                              if graph.train.label_smoothing else ""))
+        lines.extend(_launch_line(launch) for launch in loss_launches)
+    lines.append(_totals(launches))
+    return "\n".join(lines)
+
+
+def _totals(launches: list[Launch]) -> str:
+    parts = []
+    for phase in ("forward", "backward"):
+        chosen = [launch for launch in launches if launch.phase == phase]
+        parts.append(f"{phase}: {len(chosen)} launches, {_human(sum(x.bytes for x in chosen), 'B')}, "
+                     f"{_human(sum(x.flops for x in chosen), 'FLOP')}")
+    note = ("bytes: each distinct tensor argument once (compulsory traffic; re-reads of tiles not counted); "
+            "FLOPs: a multiply-add is 2, other kernels count 1 per element")
+    return "total  " + "; ".join(parts) + "\n" + note
+
+
+def format_triton(graph: Graph, batch: int | None = None) -> str:
+    """The Triton source of every kernel one training step of the net launches, with the helpers they call."""
+    launches, kernels = trace(graph, batch, "gpu")
+    users: dict[str, list[str]] = {}
+    for launch in launches:
+        users.setdefault(launch.kernel, [])
+        if launch.layer not in users[launch.kernel]:
+            users[launch.kernel].append(launch.layer)
+    sections = [f"# Triton kernels of net {graph.name} ({len(kernels)} launched, helpers after each)"]
+    seen: set[str] = set()
+    for name, kernel in kernels.items():
+        layers = ", ".join(users[name])
+        sections.append(f"# ---- {kernel.fn.__module__}.{name}  (layers: {layers})")
+        sections.append(inspect.getsource(kernel.fn).rstrip())
+        seen.add(name)
+        for helper in _helpers(kernel, seen):
+            sections.append(f"# ---- {helper.fn.__module__}.{helper.fn.__name__}  (called by {name})")
+            sections.append(inspect.getsource(helper.fn).rstrip())
+    return "\n\n".join(sections) + "\n"
+
+
+def _helpers(kernel: Any, seen: set[str]) -> list[Any]:
+    """@triton.jit functions that `kernel` calls (transitively), each once across the whole listing."""
+    found = []
+    source = inspect.getsource(kernel.fn)
+    for name, value in kernel.fn.__globals__.items():
+        if name in seen or not is_jit(value):
+            continue
+        if re.search(rf"\b{re.escape(name)}\s*\(", source):
+            seen.add(name)
+            found.append(value)
+            found.extend(_helpers(value, seen))
+    return found
