@@ -1,0 +1,416 @@
+"""Optimizers (SGD, Adam, AdamW): parameters and .grad -> parameters updated in place by one fused kernel.
+
+At construction every trainable parameter is copied into one flat buffer and
+its `.data` becomes a view into it; its `.grad` likewise becomes a view into
+one flat gradient buffer (autograd accumulates into an existing `.grad` in
+place), and the optimizer state (momentum_buffer, exp_avg, exp_avg_sq,
+max_exp_avg_sq) lives in flat buffers too. A step is then one kernel launch
+per parameter group over a contiguous range (one launch in all for the usual
+single group). Per-parameter `self.state` entries are views into the flat
+buffers with torch.optim's key names, so `state_dict()` / `load_state_dict()`
+round-trip with torch's layout, and LR schedulers and `clip_grad_norm_` work.
+
+Hyperparameters are read from `param_groups` at every step (so a scheduler's
+new lr takes effect) and passed as kernel scalars. Kernel float scalars are
+float32, so each value travels as a (hi, lo) float32 pair summed in the
+parameters' dtype: float64 parameters get ~1e-15 relative accuracy without a
+device tensor or a host sync. Adam's step count is a CPU tensor per group
+(shared by the group's parameters' state["step"]), never a device value.
+Being kernel scalars, they would be frozen by a CUDA-graph capture.
+
+Differences from torch.optim, by design: `zero_grad` zeroes the flat gradient
+(it never sets grads to None), so a parameter that took no part in a backward
+is updated with a zero gradient; a parameter whose `.grad` is None at `step`
+raises NotImplementedError instead of being skipped. Parameters with
+requires_grad=False are left out and never updated. All trainable parameters
+must share one dtype (float32 or float64) and one device. No `tl.dot` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from netc.kernels import config
+
+_Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
+
+
+def launch_config() -> dict[str, int]:
+    """Elements per program and warps: few large programs under the interpreter."""
+    if config.interpreting():
+        return {"BLOCK": 16384, "num_warps": 1}
+    return {"BLOCK": 1024, "num_warps": 4}
+
+
+def _split(value: float) -> tuple[float, float]:
+    """A float as float32 (hi, lo) with hi + lo == value to ~48 bits (kernel float args are float32)."""
+    hi = float(np.float32(value))
+    return hi, float(np.float32(value - hi))
+
+
+@triton.jit
+def _scalar(hi, lo, DTYPE: tl.constexpr):
+    return tl.cast(hi, DTYPE) + tl.cast(lo, DTYPE)
+
+
+@triton.jit
+def _sqrt_div(num, den, DTYPE: tl.constexpr):
+    """sqrt(num) / den, IEEE-rounded like torch (plain float32 sqrt and / are approximate on the GPU)."""
+    if DTYPE == tl.float32:
+        out = tl.div_rn(tl.sqrt_rn(num), den)
+    else:
+        out = tl.sqrt(num) / den
+    return out
+
+
+@triton.jit
+def _div(num, den, DTYPE: tl.constexpr):
+    """num / den, IEEE-rounded."""
+    if DTYPE == tl.float32:
+        out = tl.div_rn(num, den)
+    else:
+        out = num / den
+    return out
+
+
+@triton.jit
+def _sgd_kernel(
+    p_ptr, g_ptr, buf_ptr,  # flat parameters, gradients, momentum buffers
+    start, end,  # this group's element range [start, end)
+    lr_hi, lr_lo,  # learning rate as a float32 pair
+    wd_hi, wd_lo,  # weight decay
+    mom_hi, mom_lo,  # momentum
+    keep_hi, keep_lo,  # 1 - dampening
+    HAS_WD: tl.constexpr, MOMENTUM: tl.constexpr,  # weight_decay != 0, momentum != 0
+    FIRST: tl.constexpr,  # first step: the buffer starts as the gradient, undamped
+    NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr,
+    BLOCK: tl.constexpr,  # elements per program
+):
+    DTYPE: tl.constexpr = p_ptr.dtype.element_ty
+    offsets = start + tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < end
+    p = tl.load(p_ptr + offsets, mask=mask, other=0.0)
+    g = tl.load(g_ptr + offsets, mask=mask, other=0.0)
+    if MAXIMIZE:
+        g = -g
+    if HAS_WD:
+        g = g + _scalar(wd_hi, wd_lo, DTYPE) * p
+    if MOMENTUM:
+        momentum = _scalar(mom_hi, mom_lo, DTYPE)
+        if FIRST:
+            buf = g
+        else:
+            buf = tl.load(buf_ptr + offsets, mask=mask, other=0.0)
+            buf = buf * momentum + _scalar(keep_hi, keep_lo, DTYPE) * g
+        tl.store(buf_ptr + offsets, buf, mask=mask)
+        if NESTEROV:
+            g = g + momentum * buf
+        else:
+            g = buf
+    tl.store(p_ptr + offsets, p - _scalar(lr_hi, lr_lo, DTYPE) * g, mask=mask)
+
+
+@triton.jit
+def _adam_kernel(
+    p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr,  # flat params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq
+    start, end,  # this group's element range [start, end)
+    step_hi, step_lo,  # lr / (1 - beta1^t)
+    bc2_hi, bc2_lo,  # sqrt(1 - beta2^t)
+    eps_hi, eps_lo,  # eps
+    b1c_hi, b1c_lo,  # 1 - beta1
+    b2_hi, b2_lo,  # beta2
+    b2c_hi, b2c_lo,  # 1 - beta2
+    wd_hi, wd_lo,  # weight decay (L2, added to the gradient)
+    decay_hi, decay_lo,  # 1 - lr * weight_decay (AdamW's decoupled decay)
+    HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
+    BLOCK: tl.constexpr,  # elements per program
+):
+    DTYPE: tl.constexpr = p_ptr.dtype.element_ty
+    offsets = start + tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < end
+    p = tl.load(p_ptr + offsets, mask=mask, other=0.0)
+    g = tl.load(g_ptr + offsets, mask=mask, other=0.0)
+    if MAXIMIZE:
+        g = -g
+    if HAS_WD:
+        if DECOUPLED:
+            p = p * _scalar(decay_hi, decay_lo, DTYPE)
+        else:
+            g = g + _scalar(wd_hi, wd_lo, DTYPE) * p
+    m = tl.load(m_ptr + offsets, mask=mask, other=0.0)
+    m = m + _scalar(b1c_hi, b1c_lo, DTYPE) * (g - m)  # torch's lerp for weight < 0.5
+    v = tl.load(v_ptr + offsets, mask=mask, other=0.0)
+    v = v * _scalar(b2_hi, b2_lo, DTYPE) + _scalar(b2c_hi, b2c_lo, DTYPE) * g * g
+    tl.store(m_ptr + offsets, m, mask=mask)
+    tl.store(v_ptr + offsets, v, mask=mask)
+    if AMSGRAD:
+        v = tl.maximum(tl.load(vmax_ptr + offsets, mask=mask, other=0.0), v)
+        tl.store(vmax_ptr + offsets, v, mask=mask)
+    denom = _sqrt_div(v, _scalar(bc2_hi, bc2_lo, DTYPE), DTYPE) + _scalar(eps_hi, eps_lo, DTYPE)
+    p = p - _scalar(step_hi, step_lo, DTYPE) * _div(m, denom, DTYPE)
+    tl.store(p_ptr + offsets, p, mask=mask)
+
+
+class _FlatOptimizer(torch.optim.Optimizer):
+    """A torch.optim.Optimizer whose parameters, grads and state are views into flat buffers."""
+
+    _STATE_KEYS: tuple[str, ...] = ()  # per-parameter state held in flat buffers
+
+    def __init__(self, params: _Params, defaults: dict[str, Any]) -> None:
+        super().__init__(params, defaults)
+        self._flatten()
+
+    def _flatten(self) -> None:
+        """Copy trainable parameters (and grads) into flat buffers; point .data/.grad at views."""
+        trainable = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+        if not trainable:
+            raise ValueError(f"{type(self).__name__}: no parameter requires a gradient")
+        first = trainable[0]
+        for p in trainable:
+            same = p.dtype == first.dtype and p.device == first.device
+            if p.dtype not in (torch.float32, torch.float64) or not same:
+                raise NotImplementedError(
+                    f"{type(self).__name__}: parameters must share one device and dtype (float32/float64); "
+                    f"got {first.dtype} on {first.device} and {p.dtype} on {p.device}"
+                )
+        total = sum(p.numel() for p in trainable)
+        self._flat_param = torch.empty(total, dtype=first.dtype, device=first.device)
+        self._flat_grad = torch.zeros(total, dtype=first.dtype, device=first.device)
+        self._flat_state: dict[str, torch.Tensor] = {}
+        self._slots: list[tuple[torch.Tensor, int, int]] = []  # (param, offset, numel)
+        self._ranges: list[tuple[int, int]] = []  # per group: [start, end) in the flat buffers
+        offset = 0
+        for group in self.param_groups:
+            start = offset
+            for p in group["params"]:
+                if p.requires_grad:
+                    self._slots.append((p, offset, p.numel()))
+                    offset += p.numel()
+            self._ranges.append((start, offset))
+        with torch.no_grad():
+            for p, offset, numel in self._slots:
+                self._flat_param[offset : offset + numel].copy_(p.reshape(-1))
+                if p.grad is not None:
+                    self._flat_grad[offset : offset + numel].copy_(p.grad.reshape(-1))
+                p.data = self._flat_param[offset : offset + numel].view_as(p)
+                p.grad = self._flat_grad[offset : offset + numel].view_as(p)
+
+    def _buffer(self, key: str) -> torch.Tensor:
+        """The flat state buffer for `key`, zero-initialised on first use (as torch's zeros_like)."""
+        if key not in self._flat_state:
+            self._flat_state[key] = torch.zeros_like(self._flat_param)
+        return self._flat_state[key]
+
+    def _sync_views(self) -> None:
+        """Re-adopt a .data or .grad that user code replaced (e.g. model.zero_grad() then backward)."""
+        for index, (p, offset, numel) in enumerate(self._slots):
+            flat = self._flat_param[offset : offset + numel]
+            if p.data_ptr() != flat.data_ptr():
+                flat.copy_(p.detach().reshape(-1))
+                p.data = flat.view_as(p)
+            if p.grad is None:
+                raise NotImplementedError(
+                    f"{type(self).__name__}: parameter {index} {tuple(p.shape)} has no gradient (None); "
+                    "the flat-buffer step cannot skip single parameters"
+                )
+            flat_grad = self._flat_grad[offset : offset + numel]
+            if p.grad.data_ptr() != flat_grad.data_ptr():
+                if p.grad.is_sparse:
+                    raise NotImplementedError(f"{type(self).__name__}: sparse gradients")
+                flat_grad.copy_(p.grad.reshape(-1))
+                p.grad = flat_grad.view_as(p)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the flat gradient buffer; grads stay views into it whatever `set_to_none` says."""
+        self._flat_grad.zero_()
+        for p, offset, numel in self._slots:
+            view = self._flat_grad[offset : offset + numel]
+            if p.grad is None or p.grad.data_ptr() != view.data_ptr():
+                p.grad = view.view_as(p)
+
+    def _group_slots(self, group_index: int) -> list[tuple[torch.Tensor, int, int]]:
+        start, end = self._ranges[group_index]
+        return [slot for slot in self._slots if start <= slot[1] < end]
+
+    def _expose_state(self, group_index: int, keys: Iterable[str]) -> None:
+        """Point each parameter's state[key] at its slice of the flat buffer."""
+        for p, offset, numel in self._group_slots(group_index):
+            state = self.state[p]
+            for key in keys:
+                state[key] = self._buffer(key)[offset : offset + numel].view_as(p)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load, then copy the loaded per-parameter state into the flat buffers."""
+        super().load_state_dict(state_dict)
+        for p, offset, numel in self._slots:
+            state = self.state.get(p, {})
+            for key in self._STATE_KEYS:
+                if state.get(key) is not None:
+                    flat = self._buffer(key)[offset : offset + numel]
+                    flat.copy_(state[key].reshape(-1))
+                    state[key] = flat.view_as(p)
+        self._share_steps()
+
+    def _share_steps(self) -> None:
+        """Subclasses with a step count make one CPU tensor per group shared by its parameters."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every parameter: one kernel launch per parameter group."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._sync_views()
+        for group_index, group in enumerate(self.param_groups):
+            start, end = self._ranges[group_index]
+            if end > start:
+                self._update(group_index, group, start, end)
+        return loss
+
+    def _update(self, group_index: int, group: dict[str, Any], start: int, end: int) -> None:
+        raise NotImplementedError
+
+    def _grid(self, start: int, end: int) -> tuple[tuple[int], dict[str, int]]:
+        cfg = launch_config()
+        return (triton.cdiv(end - start, cfg["BLOCK"]),), cfg
+
+
+class SGD(_FlatOptimizer):
+    """torch.optim.SGD (momentum, dampening, nesterov, weight_decay, maximize) as one fused kernel."""
+
+    _STATE_KEYS = ("momentum_buffer",)
+
+    def __init__(
+        self,
+        params: _Params,
+        lr: float = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        if lr < 0.0 or momentum < 0.0 or weight_decay < 0.0:
+            raise ValueError(f"SGD: invalid lr {lr}, momentum {momentum} or weight_decay {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
+                    "nesterov": nesterov, "maximize": maximize}
+        super().__init__(params, defaults)
+
+    def _update(self, group_index: int, group: dict[str, Any], start: int, end: int) -> None:
+        momentum = group["momentum"]
+        if group["nesterov"] and (momentum <= 0 or group["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        first_param = self._group_slots(group_index)[0][0]
+        first = momentum != 0 and self.state[first_param].get("momentum_buffer") is None
+        buffer = self._buffer("momentum_buffer") if momentum != 0 else self._flat_param
+        grid, cfg = self._grid(start, end)
+        _sgd_kernel[grid](
+            self._flat_param, self._flat_grad, buffer, start, end,
+            *_split(group["lr"]), *_split(group["weight_decay"]),
+            *_split(momentum), *_split(1 - group["dampening"]),
+            HAS_WD=group["weight_decay"] != 0, MOMENTUM=momentum != 0, FIRST=first,
+            NESTEROV=bool(group["nesterov"]), MAXIMIZE=bool(group["maximize"]), **cfg,
+        )
+        if first:
+            self._expose_state(group_index, ("momentum_buffer",))
+
+
+class Adam(_FlatOptimizer):
+    """torch.optim.Adam (betas, eps, L2 weight_decay, amsgrad, maximize) as one fused kernel."""
+
+    _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _DECOUPLED = False  # AdamW: decay the weights directly instead of adding wd * p to the gradient
+
+    def __init__(
+        self,
+        params: _Params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        if lr < 0.0 or eps < 0.0 or weight_decay < 0.0:
+            name = type(self).__name__
+            raise ValueError(f"{name}: invalid lr {lr}, eps {eps} or weight_decay {weight_decay}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"{type(self).__name__}: invalid betas {betas}")
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
+                    "amsgrad": amsgrad, "maximize": maximize}
+        super().__init__(params, defaults)
+
+    def _step_tensor(self, group_index: int) -> torch.Tensor:
+        """The group's step count: a CPU float32 tensor, shared by each parameter's state["step"]."""
+        first_param = self._group_slots(group_index)[0][0]
+        step = self.state[first_param].get("step")
+        if step is None:
+            step = torch.tensor(0.0, dtype=torch.float32)
+            amsgrad = self.param_groups[group_index]["amsgrad"]
+            keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+            self._expose_state(group_index, keys)
+            for p, _, _ in self._group_slots(group_index):
+                self.state[p]["step"] = step
+        return step
+
+    def _share_steps(self) -> None:
+        for group_index, (start, end) in enumerate(self._ranges):
+            slots = self._group_slots(group_index)
+            steps = [self.state[p].get("step") for p, _, _ in slots]
+            if end == start or steps[0] is None:
+                continue
+            if any(s is None or float(s) != float(steps[0]) for s in steps):
+                raise NotImplementedError(f"{type(self).__name__}: one group's parameters at different steps")
+            shared = torch.tensor(float(steps[0]), dtype=torch.float32)
+            for p, _, _ in slots:
+                self.state[p]["step"] = shared
+
+    def _update(self, group_index: int, group: dict[str, Any], start: int, end: int) -> None:
+        step_tensor = self._step_tensor(group_index)
+        step_tensor += 1
+        step = float(step_tensor)  # a CPU tensor: no device sync
+        beta1, beta2 = group["betas"]
+        lr, wd = group["lr"], group["weight_decay"]
+        amsgrad = bool(group["amsgrad"])
+        if amsgrad and self.state[self._group_slots(group_index)[0][0]].get("max_exp_avg_sq") is None:
+            self._expose_state(group_index, ("max_exp_avg_sq",))  # amsgrad switched on after a load
+        vmax = self._buffer("max_exp_avg_sq") if amsgrad else self._flat_param
+        grid, cfg = self._grid(start, end)
+        _adam_kernel[grid](
+            self._flat_param, self._flat_grad, self._buffer("exp_avg"), self._buffer("exp_avg_sq"), vmax,
+            start, end,
+            *_split(lr / (1 - beta1**step)), *_split((1 - beta2**step) ** 0.5), *_split(group["eps"]),
+            *_split(1 - beta1), *_split(beta2), *_split(1 - beta2), *_split(wd), *_split(1 - lr * wd),
+            HAS_WD=wd != 0, DECOUPLED=self._DECOUPLED, AMSGRAD=amsgrad, MAXIMIZE=bool(group["maximize"]),
+            **cfg,
+        )
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW: Adam with decoupled weight decay (p *= 1 - lr * weight_decay)."""
+
+    _DECOUPLED = True
+
+    def __init__(
+        self,
+        params: _Params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
