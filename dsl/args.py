@@ -76,7 +76,7 @@ def bind(what: str, args: Sequence[ast.Arg], specs: Sequence[ArgSpec], loc: Loc)
         else:
             seen_keyword = arg
             if arg.name not in by_name:
-                hint = did_you_mean(arg.name, list(by_name))
+                hint = did_you_mean(arg.name, list(by_name)) if by_name else f" (`{what}` takes no arguments)"
                 errors.append(ArgError(f"unknown argument '{arg.name}' for `{what}`{hint}", arg.loc))
                 continue
             spec = by_name[arg.name]
@@ -88,11 +88,12 @@ def bind(what: str, args: Sequence[ast.Arg], specs: Sequence[ArgSpec], loc: Loc)
             values[spec.name] = convert(spec, arg.value)
         except ArgError as error:
             errors.append(error)
-    misspelled = any(arg.name is not None and arg.name not in by_name for arg in args)
+    # An unknown or misplaced argument most likely is the missing one: one message is enough.
+    misspelled = any("unknown argument" in e.message or "positional argument" in e.message for e in errors)
     for spec in specs:
         if spec.name not in given and spec.name not in values:
             if spec.default is REQUIRED and misspelled:
-                continue  # the unknown argument is most likely this one, misspelled: one message is enough
+                continue
             if spec.default is REQUIRED:
                 errors.append(ArgError(_missing(what, spec), loc))
             else:

@@ -241,8 +241,10 @@ class _Checker:
         try:
             out = op.shape(attrs, shape)
         except ShapeError as error:
-            self._error(layer.loc, f"{error} (input {fmt_shape(shape)})" if "got" not in str(error)
-                        else str(error), shape=True)
+            message = str(error)
+            if fmt_shape(shape) not in message:  # every shape error names the shape it got
+                message += f" (input {fmt_shape(shape)})"
+            self._error(layer.loc, message, shape=True)
             return None, None
         node = Node(name, layer.name, attrs, shape, out, op.params(attrs, shape), op.flops(attrs, shape, out),
                     layer.loc)

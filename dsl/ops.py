@@ -77,16 +77,21 @@ def _image(op: str, shape: Shape) -> tuple[int, int, int]:
 
 def window_size(op: str, size: int, kernel: int, stride: int, pad: int, dilation: int,
                 ceil_mode: bool, axis: str) -> int:
-    """One spatial output size, as PyTorch computes it for convolutions and pooling."""
+    """One spatial output size, as PyTorch computes it for convolutions and pooling.
+
+    A convolution's dilated kernel must fit in the padded input; a pool's need not
+    under ceil_mode (PyTorch lets the last window hang over), only its output be >= 1.
+    """
     span = dilation * (kernel - 1) + 1
-    if size + 2 * pad < span:
-        dilated = f" ({span} with dilation {dilation})" if dilation > 1 else ""
-        raise ShapeError(f"`{op}` kernel {kernel}{dilated} is larger than the padded input {axis} "
-                         f"{size + 2 * pad} ({size} + 2*{pad})")
+    too_big = size + 2 * pad < span
     numerator = size + 2 * pad - span + (stride - 1 if ceil_mode else 0)
     out = numerator // stride + 1
     if ceil_mode and (out - 1) * stride >= size + pad:
         out -= 1  # PyTorch: the last window must start inside the input or its left padding
+    if too_big and (op == "conv2d" or out < 1):
+        dilated = f" ({span} with dilation {dilation})" if dilation > 1 else ""
+        raise ShapeError(f"`{op}` kernel {kernel}{dilated} is larger than the padded input {axis} "
+                         f"{size + 2 * pad} ({size} + 2*{pad})")
     if out < 1:
         raise ShapeError(f"`{op}` output {axis} would be {out}, below 1")
     return out
@@ -99,7 +104,7 @@ def _conv_shape(attrs: Attrs, shape: Shape) -> Shape:
     groups, out_channels = attrs["groups"], attrs["out_channels"]
     if channels % groups or out_channels % groups:
         raise ShapeError(f"groups={groups} must divide both the input channels ({channels}) and "
-                         f"out_channels ({out_channels}); the input is {fmt_shape(shape)}")
+                         f"out_channels ({out_channels})")
     if attrs["padding"] == "same":
         return (out_channels, height, width)
     sizes = [window_size("conv2d", size, attrs["kernel"][i], attrs["stride"][i], attrs["padding"][i],
