@@ -20,6 +20,8 @@ negative_slope >= 0 (a negative slope raises NotImplementedError).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -219,7 +221,7 @@ def linear_act(
         raise NotImplementedError("linear_act: leaky_relu with a negative slope (backward reads the output)")
     _check_args("linear_act" if activation else "linear", input, weight, bias)
     lead = input.shape[:-1]
-    x2d = input.reshape(-1, input.shape[-1])  # (M, K); a view when the layout allows
+    x2d = input.reshape(math.prod(lead), input.shape[-1])  # (M, K); a view when the layout allows
     y = _LinearAct.apply(x2d, weight, bias, act, float(slope) if act == ACT_LEAKY_RELU else 0.0)
     return y.reshape(*lead, weight.shape[0])
 

@@ -1,0 +1,131 @@
+"""linear / linear_act kernels vs torch.nn.functional: forward, input, weight and bias gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from kernel_helpers_dense import check
+
+from netc.kernels.linear import linear, linear_act
+
+# id -> (input shape, out_features); odd sizes, some over one 64-wide tile and several K steps
+SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "2d": ((13, 29), 11),
+    "batch1": ((1, 37), 5),
+    "multi-tile": ((70, 131), 67),
+    "3d-sequence": ((3, 7, 19), 23),
+    "4d": ((2, 3, 5, 9), 17),
+    "1d": ((21,), 6),
+}
+ACTIVATIONS = [None, "relu", "tanh", "sigmoid", "leaky_relu"]
+
+
+def _reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act: str | None, slope: float):
+    z = F.linear(x, w, b)
+    if act == "leaky_relu":
+        return F.leaky_relu(z, slope)
+    return z if act is None else getattr(torch, act)(z)
+
+
+def _compare(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    act: str | None = None,
+    slope: float = 0.01,
+    dtype: torch.dtype = torch.float64,
+    label: str = "linear",
+) -> None:
+    """Forward and every gradient of our kernel (inputs cast to dtype) vs torch in float64."""
+    inputs = [t for t in (x, w, b) if t is not None]
+    ours_in = [t.detach().to(dtype).requires_grad_(True) for t in inputs]
+    ref_in = [t.detach().double().requires_grad_(True) for t in inputs]
+    ours_b = ours_in[2] if b is not None else None
+    ref_b = ref_in[2] if b is not None else None
+    if act:
+        y = linear_act(ours_in[0], ours_in[1], ours_b, act, slope)
+    else:
+        y = linear(ours_in[0], ours_in[1], ours_b)
+    y_ref = _reference(ref_in[0], ref_in[1], ref_b, act, slope)
+    check(f"{label}:forward", y, y_ref, dtype)
+    grad = torch.randn(y_ref.shape, dtype=torch.float64, device=x.device)
+    grads = torch.autograd.grad(y, ours_in, grad.to(dtype))
+    grads_ref = torch.autograd.grad(y_ref, ref_in, grad)
+    assert len(grads) == len(grads_ref) == len(inputs)
+    for name, g, g_ref in zip(("grad_input", "grad_weight", "grad_bias"), grads, grads_ref, strict=False):
+        check(f"{label}:{name}", g, g_ref, dtype)
+
+
+def _make(shape: tuple[int, ...], out: int, device: str, dtype: torch.dtype = torch.float64):
+    x = torch.randn(shape, dtype=dtype, device=device)
+    w = torch.randn(out, shape[-1], dtype=dtype, device=device) / shape[-1] ** 0.5
+    b = torch.randn(out, dtype=dtype, device=device)
+    return x, w, b
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("case", SHAPES)
+def test_linear_matches_torch(case: str, with_bias: bool, device: str) -> None:
+    x, w, b = _make(*SHAPES[case], device)
+    _compare(x, w, b if with_bias else None)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS[1:])
+@pytest.mark.parametrize("case", ["2d", "3d-sequence", "multi-tile"])
+def test_linear_act_matches_torch(case: str, act: str, device: str) -> None:
+    x, w, b = _make(*SHAPES[case], device)
+    _compare(x, w, b, act, label="linear_act")
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.3])
+def test_linear_act_leaky_slopes_and_no_bias(slope: float, device: str) -> None:
+    x, w, _ = _make((9, 17), 13, device)
+    _compare(x, w, None, "leaky_relu", slope, label="linear_act")
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_float32_within_float32_tolerance(act: str | None, device: str) -> None:
+    x, w, b = _make((33, 45), 19, device)
+    _compare(x, w, b, act, dtype=torch.float32, label="linear_act" if act else "linear")
+
+
+def test_non_contiguous_input_and_weight(device: str) -> None:
+    x = torch.randn(29, 15, dtype=torch.float64, device=device).t()  # (15, 29), column-major
+    w = torch.randn(29, 40, dtype=torch.float64, device=device)[:, ::2].t()  # (20, 29), strided
+    x3 = torch.randn(5, 9, 3, 29, dtype=torch.float64, device=device)[:, ::2, 1]  # (5, 5, 29), not viewable
+    assert not (x.is_contiguous() or w.is_contiguous() or x3.is_contiguous())
+    b = torch.randn(20, dtype=torch.float64, device=device)
+    _compare(x, w, b)
+    _compare(x3, w, b, "tanh", label="linear_act")
+
+
+def test_partial_requires_grad(device: str) -> None:
+    """Only the weight needs a gradient (a frozen input): the others are skipped, the weight's is right."""
+    x, w, b = _make((11, 7), 5, device)
+    w.requires_grad_(True)
+    (gw,) = torch.autograd.grad(linear_act(x, w, b, "sigmoid").sum(), w)
+    wr = w.detach().clone().requires_grad_(True)
+    (gw_ref,) = torch.autograd.grad(torch.sigmoid(F.linear(x, wr, b)).sum(), wr)
+    check("linear_act:grad_weight", gw, gw_ref)
+
+
+def test_zero_in_features_gives_activated_bias(device: str) -> None:
+    x, w, b = _make((4, 0), 3, device)
+    check("linear:forward", linear_act(x, w, b, "relu"), F.relu(F.linear(x, w, b)))
+
+
+def test_rejections(device: str) -> None:
+    x, w, b = _make((4, 6), 3, device)
+    with pytest.raises(NotImplementedError, match="gelu"):
+        linear_act(x, w, b, "gelu")
+    with pytest.raises(NotImplementedError, match="negative slope"):
+        linear_act(x, w, b, "leaky_relu", slope=-0.1)
+    with pytest.raises(NotImplementedError, match="float16"):
+        linear(x.half(), w.half())
+    with pytest.raises(NotImplementedError, match="mixed"):
+        linear(x, w.float())
+    with pytest.raises(ValueError, match="do not match"):
+        linear(x, w.t())
+    with pytest.raises(ValueError, match="bias"):
+        linear(x, w, b[:2])
