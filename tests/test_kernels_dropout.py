@@ -1,0 +1,106 @@
+"""dropout kernel: kept fraction and 1/(1-p) scale (binomial bounds), backward mask, seeds, edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from netc.kernels.dropout import dropout, launch_config
+
+N = 20011  # odd, and over one interpreter program (16384) so two programs draw masks
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.83])
+def test_kept_fraction_and_scale(p: float, device: str) -> None:
+    x = torch.randn(N, dtype=torch.float64, device=device)
+    y = dropout(x, p)
+    kept = y != 0
+    # binomial(N, 1 - p): 6 standard deviations
+    sigma = math.sqrt(N * p * (1 - p))
+    assert abs(kept.sum().item() - N * (1 - p)) < 6 * sigma
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p), rtol=1e-15, atol=0)
+
+
+def test_programs_draw_different_masks(device: str) -> None:
+    """The second program's mask is not a copy of the first's (offsets feed the generator)."""
+    block = launch_config()["BLOCK"]
+    kept = dropout(torch.ones(2 * block, device=device), 0.5) != 0
+    assert not torch.equal(kept[:block], kept[block:])
+    assert not torch.equal(kept[:-1], kept[1:])
+
+
+@pytest.mark.parametrize("shape", [(7, 13), (3, 5, 11)], ids=str)
+def test_backward_reuses_forward_mask(shape: tuple[int, ...], device: str) -> None:
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    y = dropout(x, 0.4)
+    grad = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, grad)
+    mask = (y != 0).double()
+    torch.testing.assert_close(dx, grad * mask / 0.6, rtol=1e-15, atol=0)
+    assert 0 < mask.mean().item() < 1
+
+
+def test_reproducible_under_manual_seed(device: str) -> None:
+    x = torch.randn(501, device=device)
+    torch.manual_seed(7)
+    first = dropout(x, 0.5)
+    torch.manual_seed(7)
+    again = dropout(x, 0.5)
+    assert torch.equal(first, again)
+    assert not torch.equal(dropout(x, 0.5), first)  # the generator moved on: a new mask
+
+
+def test_seed_keyword(device: str) -> None:
+    x = torch.randn(501, device=device)
+    assert torch.equal(dropout(x, 0.3, seed=11), dropout(x, 0.3, seed=11))
+    assert not torch.equal(dropout(x, 0.3, seed=11), dropout(x, 0.3, seed=12))
+    with pytest.raises(ValueError, match="seed"):
+        dropout(x, 0.3, seed=-1)
+
+
+def test_non_contiguous_input_same_mask_as_contiguous(device: str) -> None:
+    base = torch.randn(13, 18, dtype=torch.float64, device=device)
+    x = base.t()[::2]  # (9, 13), not contiguous
+    y = dropout(x, 0.5, seed=3)
+    assert torch.equal(y, dropout(x.contiguous(), 0.5, seed=3))
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] * 2, rtol=1e-15, atol=0)
+
+
+def test_float32_scale(device: str) -> None:
+    x = torch.randn(999, dtype=torch.float32, device=device)
+    y = dropout(x, 0.3)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / 0.7, rtol=2e-7, atol=0)
+
+
+def test_identity_when_not_training_or_p_zero(device: str) -> None:
+    x = torch.randn(37, device=device)
+    assert torch.equal(dropout(x, 0.5, training=False), x)
+    assert torch.equal(dropout(x, 0.0), x)
+
+
+def test_p_one_gives_zeros_and_nan_stays_nan_like_torch(device: str) -> None:
+    x = torch.randn(41, dtype=torch.float64, device=device, requires_grad=True)
+    y = dropout(x, 1.0)
+    assert torch.equal(y, F.dropout(x, 1.0))
+    assert torch.equal(y, torch.zeros_like(y))
+    (dx,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(dx, torch.zeros_like(dx))
+    nan = torch.full((64,), float("nan"), device=device)
+    assert torch.isnan(dropout(nan, 0.5)).all()  # x * 0 keeps NaN, as torch's multiply does
+    assert torch.isnan(F.dropout(nan, 0.5)).all()
+
+
+def test_rejections(device: str) -> None:
+    x = torch.randn(5, device=device)
+    for p in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            dropout(x, p)
+    with pytest.raises(NotImplementedError, match="inplace"):
+        dropout(x, 0.5, inplace=True)
+    with pytest.raises(NotImplementedError, match="float16"):
+        dropout(x.half(), 0.5)
