@@ -1,19 +1,29 @@
 """Triton kernels with autograd, each with the signature of its `torch.nn.functional` twin.
 
-Importing a kernel module imports triton; `netc.kernels` itself loads the
-families lazily. Before any family imports triton, `ensure_backend` picks
-Triton's interpreter when torch sees no CUDA GPU (or keeps a
-`TRITON_INTERPRET` the caller already set, as `--device cpu` does).
+Before any family module imports triton, `ensure_backend` picks Triton's
+interpreter when torch sees no CUDA GPU (or keeps a `TRITON_INTERPRET` the
+caller already set, as `--device cpu` does). The public names are imported
+eagerly on purpose: a lazy lookup would be shadowed by the family module of
+the same name (`netc.kernels.linear`, `netc.kernels.dropout`) once that
+module is imported.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from netc.kernels.config import ensure_backend
 
-# public name -> the family module that defines it
+ensure_backend()  # decide TRITON_INTERPRET before any family module imports triton
+
+from netc.kernels.activation import leaky_relu, relu, sigmoid, tanh  # noqa: E402
+from netc.kernels.conv import conv2d, conv2d_act  # noqa: E402
+from netc.kernels.dropout import dropout  # noqa: E402
+from netc.kernels.linear import linear, linear_act  # noqa: E402
+from netc.kernels.loss import cross_entropy  # noqa: E402
+from netc.kernels.optim import SGD, Adam, AdamW  # noqa: E402
+from netc.kernels.pool import avg_pool2d, max_pool2d  # noqa: E402
+from netc.kernels.recurrent import gru, lstm, rnn  # noqa: E402
+
+# public name -> the family module that defines it (the plan and tests look kernels up here)
 _EXPORTS: dict[str, str] = {
     "conv2d": "conv",
     "conv2d_act": "conv",
@@ -35,14 +45,8 @@ _EXPORTS: dict[str, str] = {
     "gru": "recurrent",
 }
 
-__all__ = list(_EXPORTS)
-
-ensure_backend()  # decide TRITON_INTERPRET before any family module imports triton
-
-
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'netc.kernels' has no attribute {name!r}")
-    module = importlib.import_module(f"netc.kernels.{module_name}")
-    return getattr(module, name)
+__all__ = [
+    "SGD", "Adam", "AdamW", "avg_pool2d", "conv2d", "conv2d_act", "cross_entropy", "dropout",
+    "gru", "leaky_relu", "linear", "linear_act", "lstm", "max_pool2d", "relu", "rnn",
+    "sigmoid", "tanh",
+]
