@@ -181,6 +181,8 @@ def _describe_token(token: Token) -> str:
 def _expected(terminals: set[str] | frozenset[str]) -> str:
     """Terminal names -> 'a layer name, `repeat`, `residual` or `}`'."""
     names = set(terminals)
+    if "NET" in names:  # between blocks, blank lines and the end are fine but not what to suggest
+        names -= {"_NL", "$END"}
     words: list[str] = []
     if {"INT", "NAME", "LPAR", "LSQB"} <= names:
         names -= _VALUE_STARTS
