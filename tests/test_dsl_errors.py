@@ -1,4 +1,4 @@
-"""Golden tests: every error class of LANGUAGE.md's Errors section, with its exact line, column and message."""
+"""Golden tests: every error class of LANGUAGE.md, with its exact line, column and message."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ GOLDEN = [
      "unexpected number 3: expected a layer name, `input`, `repeat`, `residual` or `}`"),
     ("syntax: unfinished tuple", _net(*_IMAGE, "conv2d 3 kernel=(3,"), 3, 24,
      "unexpected end of line: expected a value (number, name, string, tuple or shape)"),
-    ("syntax: missing comma", _net(*_IMAGE, "conv2d 3 kernel=(3 4)"), 3, 24, "unexpected number 4: expected `,` or `)`"),
+    ("syntax: missing comma", _net(*_IMAGE, "conv2d 3 kernel=(3 4)"), 3, 24,
+     "unexpected number 4: expected `,` or `)`"),
     ("syntax: bad character", _net(*_VECTOR, "linear 10 @"), 3, 15, "unexpected character '@'"),
     ("syntax: single quotes", _net(*_VECTOR, "linear 'a'"), 3, 12,
      "unexpected character \"'\" (strings use double quotes)"),
@@ -59,7 +60,8 @@ GOLDEN = [
     # --- structure
     ("second net", _net(*_VECTOR, "linear 10") + "net b {\n    input [784]\n    linear 10\n}\n", 5, 1,
      "a second `net` ('b'): a file holds exactly one net"),
-    ("second input", _net(*_VECTOR, "input [784]", "linear 10"), 3, 5, "a second `input` (the first is on line 2)"),
+    ("second input", _net(*_VECTOR, "input [784]", "linear 10"), 3, 5,
+     "a second `input` (the first is on line 2)"),
     ("second train", _net(*_VECTOR, "linear 10", train=()) + "train {\n}\n", 7, 1,
      "a second `train` block (the first is on line 5): merge them"),
     ("input missing", _net("linear 10"), 1, 1,
@@ -68,7 +70,8 @@ GOLDEN = [
     ("input inside a block", _net(*_VECTOR, "repeat 1 {", "input [784]", "}", "linear 10"), 4, 5,
      "`input` must be the first statement of the net, and only there"),
     ("empty net", "net a {\n}\n", 1, 1, "empty net 'a': give `input [...]` and at least one layer"),
-    ("no net", "train {\n    batch 3\n}\n", 1, 1, "no `net` block: a file needs one `net NAME { input [...] ... }`"),
+    ("no net", "train {\n    batch 3\n}\n", 1, 1,
+     "no `net` block: a file needs one `net NAME { input [...] ... }`"),
     ("setting twice", _net(*_VECTOR, "linear 10", train=("seed 1", "seed 2")), 7, 5,
      "`seed` given twice (first on line 6): keep one"),
     ("empty repeat", _net(*_VECTOR, "repeat 2 {", "}", "linear 10"), 3, 5,
@@ -98,44 +101,58 @@ GOLDEN = [
      "unknown schedule 'cosin' (did you mean 'cosine'?)"),
     ("missing keyword", _net(*_IMAGE, "conv2d 4", "flatten", "linear 10"), 3, 5,
      "`conv2d` needs 'kernel': add kernel=..."),
-    ("missing positional", _net(*_VECTOR, "linear"), 3, 5, "`linear` needs its out_features: write it after `linear`"),
+    ("missing positional", _net(*_VECTOR, "linear"), 3, 5,
+     "`linear` needs its out_features: write it after `linear`"),
     ("missing every", _net(*_VECTOR, "linear 10", train=("schedule step gamma=0.5",)), 6, 5,
      "`schedule step` needs 'every': add every=..."),
     ("positional after keyword", _net(*_IMAGE, "conv2d kernel=3 4"), 3, 21,
      "positional argument 4 after the keyword argument 'kernel': write positional arguments first"),
     ("too many positional", _net(*_VECTOR, "linear 10 20"), 3, 15,
      "too many positional arguments: `linear` takes 1 (out_features)"),
-    ("argument twice", _net(*_VECTOR, "linear 10 out_features=10"), 3, 15, "argument 'out_features' given twice"),
+    ("argument twice", _net(*_VECTOR, "linear 10 out_features=10"), 3, 15,
+     "argument 'out_features' given twice"),
     # --- types and ranges
     ("int expected", _net(*_VECTOR, "linear 2.5"), 3, 12, "'out_features' must be an integer, got 2.5"),
     ("bool expected", _net(*_VECTOR, "linear 10 bias=1"), 3, 20, "'bias' must be true or false, got 1"),
-    ("pair size", _net(*_IMAGE, "conv2d 4 kernel=(1, 2, 3)"), 3, 21, "'kernel' takes a pair like (3, 5), got 3 values"),
+    ("pair size", _net(*_IMAGE, "conv2d 4 kernel=(1, 2, 3)"), 3, 21,
+     "'kernel' takes a pair like (3, 5), got 3 values"),
     ("size below 1", _net(*_IMAGE, "conv2d 0 kernel=3"), 3, 12, "'out_channels' must be at least 1, got 0"),
-    ("stride below 1", _net(*_IMAGE, "conv2d 4 kernel=3 stride=0"), 3, 30, "'stride' must be at least 1, got 0"),
+    ("stride below 1", _net(*_IMAGE, "conv2d 4 kernel=3 stride=0"), 3, 30,
+     "'stride' must be at least 1, got 0"),
     ("kernel below 1", _net(*_IMAGE, "maxpool2d (2, 0)"), 3, 19, "'kernel' must be at least 1, got 0"),
-    ("hidden below 1", _net("input [28, 28]", "gru 0", "linear 10"), 3, 9, "'hidden' must be at least 1, got 0"),
+    ("hidden below 1", _net("input [28, 28]", "gru 0", "linear 10"), 3, 9,
+     "'hidden' must be at least 1, got 0"),
     ("repeat count", _net(*_VECTOR, "repeat 0 {", "relu", "}", "linear 10"), 3, 12,
      "`repeat` count must be at least 1, got 0"),
     ("repeat count type", _net(*_VECTOR, "repeat two {", "relu", "}", "linear 10"), 3, 12,
      "`repeat` needs a whole number of copies, got two"),
-    ("batch below 1", _net(*_VECTOR, "linear 10", train=("batch 0",)), 6, 11, "'batch' must be at least 1, got 0"),
-    ("epochs below 1", _net(*_VECTOR, "linear 10", train=("epochs -1",)), 6, 12, "'epochs' must be at least 1, got -1"),
-    ("padding below 0", _net(*_IMAGE, "conv2d 4 kernel=3 padding=-1"), 3, 31, "'padding' must be at least 0, got -1"),
+    ("batch below 1", _net(*_VECTOR, "linear 10", train=("batch 0",)), 6, 11,
+     "'batch' must be at least 1, got 0"),
+    ("epochs below 1", _net(*_VECTOR, "linear 10", train=("epochs -1",)), 6, 12,
+     "'epochs' must be at least 1, got -1"),
+    ("padding below 0", _net(*_IMAGE, "conv2d 4 kernel=3 padding=-1"), 3, 31,
+     "'padding' must be at least 0, got -1"),
     ("padding word", _net(*_IMAGE, "conv2d 4 kernel=3 padding=valid"), 3, 31,
      "'padding' must be an integer or `same`, got valid"),
     ("dropout p", _net(*_VECTOR, "dropout 1", "linear 10"), 3, 13, "'p' must be in [0, 1), got 1"),
-    ("val", _net(*_VECTOR, "linear 10", train=("data mnist val=1.5",)), 6, 20, "'val' must be in [0, 1), got 1.5"),
-    ("lr", _net(*_VECTOR, "linear 10", train=("optimizer adam lr=0",)), 6, 23, "'lr' must be positive, got 0"),
+    ("val", _net(*_VECTOR, "linear 10", train=("data mnist val=1.5",)), 6, 20,
+     "'val' must be in [0, 1), got 1.5"),
+    ("lr", _net(*_VECTOR, "linear 10", train=("optimizer adam lr=0",)), 6, 23,
+     "'lr' must be positive, got 0"),
     ("betas", _net(*_VECTOR, "linear 10", train=("optimizer adam betas=0.9",)), 6, 26,
      "'betas' takes a pair like (0.9, 0.999), got 0.9"),
     ("nesterov", _net(*_VECTOR, "linear 10", train=("optimizer sgd nesterov=true",)), 6, 5,
      "nesterov=true needs momentum above 0 and dampening=0"),
     ("path type", _net(*_VECTOR, "linear 10", train=("data mnist path=dir",)), 6, 21,
      "'path' must be a string in double quotes, got dir"),
-    ("shape zero", _net("input [1, 0, 28]", "flatten", "linear 10"), 2, 15, "shape dimensions must be at least 1, got 0"),
-    ("shape negative", _net("input [-784]", "linear 10"), 2, 12, "shape dimensions must be at least 1, got -784"),
-    ("input not a shape", _net("input 784", "linear 10"), 2, 11, "`input` takes one shape, like `input [1, 28, 28]`"),
-    ("same with stride", _net(*_IMAGE, "conv2d 2 kernel=3 padding=same stride=2", "flatten", "linear 10"), 3, 5,
+    ("shape zero", _net("input [1, 0, 28]", "flatten", "linear 10"), 2, 15,
+     "shape dimensions must be at least 1, got 0"),
+    ("shape negative", _net("input [-784]", "linear 10"), 2, 12,
+     "shape dimensions must be at least 1, got -784"),
+    ("input not a shape", _net("input 784", "linear 10"), 2, 11,
+     "`input` takes one shape, like `input [1, 28, 28]`"),
+    ("same with stride", _net(*_IMAGE, "conv2d 2 kernel=3 padding=same stride=2", "flatten",
+     "linear 10"), 3, 5,
      "padding=same needs stride=1 (PyTorch's rule); give the padding as numbers instead"),
     ("pool padding", _net(*_IMAGE, "maxpool2d 2 padding=2", "flatten", "linear 10"), 3, 5,
      "padding 2 is more than half the kernel 2; use at most 1"),
@@ -160,14 +177,16 @@ GOLDEN = [
     ("residual changes shape", _net(*_VECTOR, "residual {", "linear 20", "}", "linear 10"), 3, 5,
      "the `residual` body changes the shape from [784] to [20]; x + body(x) needs them equal"),
     ("last layer not classes", _net(*_VECTOR, "linear 20"), 3, 5,
-     "the last layer outputs [20], but mnist has 10 classes: the net must output [10] (end with `linear 10`)"),
+     "the last layer outputs [20], but mnist has 10 classes: the net must output [10] "
+     "(end with `linear 10`)"),
     ("last layer a sequence", _net("input [28, 28]", "gru 10 output=sequence"), 3, 5,
      "the last layer outputs [28, 10], but mnist has 10 classes: the net must output [10] "
      "(use output=last on the recurrent layer, or flatten before the last `linear`)"),
     ("input size", _net("input [1, 28, 29]", "flatten", "linear 10"), 2, 5,
      "`input [1, 28, 29]` holds 812 values, but mnist samples hold 784: use [1, 28, 28], [28, 28] or [784]"),
     ("fashion input size", _net("input [28, 27]", "rnn 4", "linear 10", train=("data fashion_mnist",)), 2, 5,
-     "`input [28, 27]` holds 756 values, but fashion_mnist samples hold 784: use [1, 28, 28], [28, 28] or [784]"),
+     "`input [28, 27]` holds 756 values, but fashion_mnist samples hold 784: "
+     "use [1, 28, 28], [28, 28] or [784]"),
 ]
 
 
@@ -194,7 +213,8 @@ def test_rendered_text_matches_the_spec_example():
 def test_rendered_syntax_error_points_under_the_token():
     with pytest.raises(NetError) as caught:
         parse(_net(*_VECTOR, "linear 10 ="), path="x.net")
-    assert str(caught.value) == ("x.net:3:15: error: unexpected `=`: expected an argument or the end of the line\n"
+    expected_head = "x.net:3:15: error: unexpected `=`: expected an argument or the end of the line\n"
+    assert str(caught.value) == (expected_head +
                                  "        linear 10 =\n"
                                  "                  ^")
 
@@ -209,8 +229,10 @@ def test_rendered_shape_error_and_the_shape_it_got():
 
 
 def test_several_errors_in_source_order_across_net_and_train():
-    source = _net(*_VECTOR, "relu slope=2", "lienar 10", "linear 10 bias=1", train=("batch 0", "optimzer sgd"))
-    assert [(line, column) for line, column, _ in _errors(source)] == [(3, 10), (4, 5), (5, 20), (8, 11), (9, 5)]
+    source = _net(*_VECTOR, "relu slope=2", "lienar 10", "linear 10 bias=1",
+                  train=("batch 0", "optimzer sgd"))
+    positions = [(line, column) for line, column, _ in _errors(source)]
+    assert positions == [(3, 10), (4, 5), (5, 20), (8, 11), (9, 5)]
 
 
 def test_train_block_first_still_sorted_by_position():
