@@ -105,9 +105,9 @@ def _cross_entropy_fwd_kernel(
         m = m_new
         a = _row_coefficients(t_ptr, w_ptr, t_idx, valid, rows, cols, mask, C, S, base,
                               PROB_TARGET, HAS_WEIGHT, SMOOTHING, x_ptr.dtype.element_ty)
-        ax += tl.sum(tl.where(a != 0.0, a * x, 0.0), axis=1)
+        ax += tl.sum(tl.where(a != 0.0, a * tl.where(mask, x, 0.0), 0.0), axis=1)  # 0 * -inf pads: no NaN
         asum += tl.sum(a, axis=1)
-    lse = m + tl.log(tl.where(row_mask, sum_exp, 1.0))  # padding rows: no log(0)
+    lse = tl.where(row_mask, m + tl.log(tl.where(row_mask, sum_exp, 1.0)), 0.0)  # padding rows: 0, no log(0)
     loss = tl.where(asum != 0.0, lse * asum - ax, 0.0)
     if PROB_TARGET:
         denom = tl.where(row_mask, 1.0, 0.0)

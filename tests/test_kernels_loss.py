@@ -1,0 +1,140 @@
+"""cross_entropy kernel vs torch.nn.functional.cross_entropy: loss and input gradient, all arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from kernel_helpers_dense import check
+
+from netc.kernels.loss import cross_entropy
+
+C = 7
+# id -> input shape; class dimension is 1 (0 when unbatched)
+SHAPES: dict[str, tuple[int, ...]] = {
+    "2d": (13, C), "batch1": (1, C), "kdim": (3, C, 5, 3), "unbatched": (C,),
+}
+
+
+def _targets(shape: tuple[int, ...], kind: str, device: str) -> torch.Tensor:
+    if kind == "probs":
+        logits = torch.randn(shape, dtype=torch.float64, device=device)
+        return torch.softmax(logits, dim=1 if len(shape) > 1 else 0)
+    classes = shape[1] if len(shape) > 1 else shape[0]
+    index_shape = (shape[0], *shape[2:]) if len(shape) > 1 else ()
+    return torch.randint(0, classes, index_shape, device=device)
+
+
+def _compare(x: torch.Tensor, target: torch.Tensor, dtype: torch.dtype = torch.float64, **kwargs) -> None:
+    """Loss and d loss / d input of ours (input cast to dtype) vs torch's in float64."""
+    ours_x = x.detach().to(dtype).requires_grad_(True)
+    ref_x = x.detach().double().requires_grad_(True)
+    ours_t = target.to(dtype) if target.is_floating_point() else target
+    ours_kw = {k: (v.to(dtype) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    loss = cross_entropy(ours_x, ours_t, **ours_kw)
+    loss_ref = F.cross_entropy(ref_x, target, **kwargs)
+    check("cross_entropy:forward", loss, loss_ref, dtype)
+    grad = torch.randn(loss_ref.shape, dtype=torch.float64, device=x.device)
+    (dx,) = torch.autograd.grad(loss, ours_x, grad.to(dtype))
+    (dx_ref,) = torch.autograd.grad(loss_ref, ref_x, grad)
+    check("cross_entropy:grad", dx, dx_ref, dtype)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.25])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", SHAPES)
+def test_matches_torch(
+    case: str, reduction: str, kind: str, weighted: bool, smoothing: float, device: str
+) -> None:
+    shape = SHAPES[case]
+    x = torch.randn(shape, dtype=torch.float64, device=device) * 2
+    weight = torch.rand(C, dtype=torch.float64, device=device) + 0.1 if weighted else None
+    _compare(x, _targets(shape, kind, device), reduction=reduction, weight=weight, label_smoothing=smoothing)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+def test_ignore_index(ignore_index: int, reduction: str, device: str) -> None:
+    x = torch.randn(3, C, 4, dtype=torch.float64, device=device)
+    target = torch.randint(0, C, (3, 4), device=device)
+    target[0, 1:3] = ignore_index
+    target[2, 0] = ignore_index
+    weight = torch.rand(C, dtype=torch.float64, device=device)
+    _compare(x, target, ignore_index=ignore_index, reduction=reduction, weight=weight, label_smoothing=0.1)
+    _compare(x, target, ignore_index=ignore_index, reduction=reduction)
+
+
+@pytest.mark.filterwarnings("ignore:(invalid value|divide by zero):RuntimeWarning")  # the 0/0 itself
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_mean_with_every_target_ignored_is_nan_with_zero_grad(smoothing: float, device: str) -> None:
+    x = torch.randn(5, C, dtype=torch.float64, device=device, requires_grad=True)
+    target = torch.full((5,), -100, device=device)
+    loss = cross_entropy(x, target, label_smoothing=smoothing)
+    assert torch.isnan(loss) and torch.isnan(F.cross_entropy(x, target, label_smoothing=smoothing))
+    (dx,) = torch.autograd.grad(loss, x)
+    (dx_ref,) = torch.autograd.grad(F.cross_entropy(x, target, label_smoothing=smoothing), x)
+    assert torch.equal(dx, dx_ref) and torch.equal(dx, torch.zeros_like(dx))
+
+
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_many_classes_and_large_logits_are_stable(kind: str, device: str) -> None:
+    """C = 1500 spans two class chunks (online max across chunks); logits of +-1e3 overflow a naive exp."""
+    x = torch.randn(3, 1500, dtype=torch.float64, device=device) * 1000
+    _compare(x, _targets((3, 1500), kind, device), label_smoothing=0.1)
+    _compare(x.float(), _targets((3, 1500), kind, device), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_float32_within_float32_tolerance(kind: str, reduction: str, device: str) -> None:
+    x = torch.randn(19, C, 3, dtype=torch.float64, device=device)
+    weight = torch.rand(C, dtype=torch.float64, device=device) + 0.1
+    target = _targets((19, C, 3), kind, device)
+    _compare(x, target, torch.float32, reduction=reduction, weight=weight, label_smoothing=0.2)
+
+
+def test_non_contiguous_input_and_target(device: str) -> None:
+    x = torch.randn(C, 11, dtype=torch.float64, device=device).t()  # (11, C), column-major
+    target = torch.randint(0, C, (22,), device=device)[::2]
+    probs = torch.softmax(torch.randn(C, 11, dtype=torch.float64, device=device), 0).t()
+    assert not (x.is_contiguous() or target.is_contiguous() or probs.is_contiguous())
+    _compare(x, target, label_smoothing=0.1)
+    _compare(x, probs, reduction="sum")
+
+
+def test_int32_targets(device: str) -> None:
+    x = torch.randn(9, C, dtype=torch.float64, device=device)
+    target = torch.randint(0, C, (9,), device=device)
+    check("cross_entropy:forward", cross_entropy(x, target.int()), F.cross_entropy(x, target))
+
+
+def test_out_of_range_target_gives_nan(device: str) -> None:
+    x = torch.randn(4, C, dtype=torch.float64, device=device)
+    target = torch.tensor([0, C, 1, -3], device=device)
+    losses = cross_entropy(x, target, reduction="none")
+    assert torch.isnan(losses[1]) and torch.isnan(losses[3])
+    expected = F.cross_entropy(x[[0, 2]], target[[0, 2]], reduction="none")
+    check("cross_entropy:forward", losses[[0, 2]], expected)
+
+
+def test_rejections(device: str) -> None:
+    x = torch.randn(4, C, device=device)
+    target = torch.randint(0, C, (4,), device=device)
+    with pytest.raises(NotImplementedError, match="size_average"):
+        cross_entropy(x, target, size_average=True)
+    with pytest.raises(NotImplementedError, match="size_average"):
+        cross_entropy(x, target, reduce=False)
+    with pytest.raises(ValueError, match="reduction"):
+        cross_entropy(x, target, reduction="avg")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        cross_entropy(x, target, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="target"):
+        cross_entropy(x, target[:3])
+    with pytest.raises(ValueError, match="weight"):
+        cross_entropy(x, target, weight=torch.ones(C + 1, device=device))
+    with pytest.raises(NotImplementedError, match="target or weight"):
+        cross_entropy(x, torch.rand(4, C, device=device, requires_grad=True))
+    with pytest.raises(NotImplementedError, match="float16"):
+        cross_entropy(x.half(), target)
