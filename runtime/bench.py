@@ -32,6 +32,7 @@ from netc.runtime.bench_contenders import CONTENDERS, Contender, build_contender
 
 CUDA_STEPS, CUDA_WARMUP = 200, 25  # reduce-overhead records its graphs in the first warm-up calls
 CPU_STEPS, CPU_WARMUP = 3, 1
+CPU_BATCH = 4  # the interpreter takes about a minute per LeNet step at batch 100; --batch overrides
 ROTATING_BATCHES = 4  # distinct input batches, so no contender runs on one cached batch
 
 
@@ -59,6 +60,7 @@ class Report:
     device: str
     device_name: str
     batch: int
+    file_batch: int  # the file's batch size (the CPU default runs a smaller one)
     steps: int
     warmup: int
     timer: str
@@ -105,7 +107,7 @@ def bench(
     on_cuda = device.type == "cuda"
     steps = steps or (CUDA_STEPS if on_cuda else CPU_STEPS)
     warmup = CUDA_WARMUP if on_cuda else CPU_WARMUP
-    batch = batch or graph.train.batch
+    batch = batch or (graph.train.batch if on_cuda else min(graph.train.batch, CPU_BATCH))
     if on_cuda:
         images, labels, data_note = epoch_data(graph, device)
         train_count = images.shape[0]
@@ -116,7 +118,7 @@ def bench(
             f"{graph.train.data.name} training split"
     report = Report(
         file=graph.path, net=graph.name, device=device.type, device_name=_device_name(device),
-        batch=batch, steps=steps, warmup=warmup,
+        batch=batch, file_batch=graph.train.batch, steps=steps, warmup=warmup,
         timer="CUDA events, median per step" if on_cuda else "host clock, median per step",
         versions=_versions(), epoch_data=data_note, epoch_steps=train_count // batch,
     )
@@ -282,11 +284,18 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _batch_note(report: Report) -> str:
+    if report.batch == report.file_batch:
+        return ""
+    return f" (the file says {report.file_batch}; the CPU default is smaller: the interpreter is slow)"
+
+
 def format_report(report: Report) -> str:
     """The human-readable table: one row per contender, then epochs, skips and failures."""
     lines = [
         f"netc bench {report.file}: net {report.net} on {report.device} ({report.device_name}), "
-        f"batch {report.batch}, {report.steps} timed steps after {report.warmup} warm-up, {report.timer}",
+        f"batch {report.batch}{_batch_note(report)}, {report.steps} timed steps after {report.warmup} "
+        f"warm-up, {report.timer}",
         f"{'contender':<18}{'backend':<9}{'mode':<16}{'ms/step':>10}{'steps/s':>11}{'samples/s':>12}"
         f"{'netc is':>10}",
     ]

@@ -84,7 +84,7 @@ def build_contender(
     if contender.compiled:
         step = _compiled_step(net, optimizer, loss_fn, str(contender.compile_mode), graph.train.clip)
         return Runner(step, f"compile-{contender.compile_mode}", name, optimizer_note)
-    capture = contender.fast_path and device.type == "cuda"
+    capture = None if contender.fast_path else False  # None: a graph exactly when on CUDA
     fast = make_train_step(net, optimizer, loss_fn, example, capture=capture, clip=graph.train.clip)
     note = "; ".join(filter(None, [optimizer_note, fast.reason if contender.fast_path else ""]))
     return Runner(fast, fast.mode, name, note, fast)

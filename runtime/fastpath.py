@@ -24,13 +24,14 @@ from torch import nn
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 WARMUP_STEPS = 3  # side-stream steps before capture: compile kernels, create optimizer state
+THRASH_WINDOW = 8  # a second re-capture within this many replays means a per-step schedule: go eager
 
 
 def hyperparameters(optimizer: torch.optim.Optimizer) -> tuple[tuple[tuple[str, Any], ...], ...]:
     """Every plain-number setting of every param group (a capture bakes these in)."""
     return tuple(
-        tuple(sorted((key, value) for key, value in group.items()
-                     if key != "params" and not isinstance(value, torch.Tensor)))
+        tuple((key, value) for key, value in group.items()
+              if key != "params" and not isinstance(value, torch.Tensor))
         for group in optimizer.param_groups
     )
 
@@ -91,6 +92,22 @@ def capture_blocker(module: nn.Module) -> str:
     return ""
 
 
+def optimizer_blocker(optimizer: torch.optim.Optimizer) -> str:
+    """Why a graph would freeze this optimizer's per-step arithmetic ("" if none); call after a step.
+
+    A state tensor on the CPU while the parameters are on CUDA is a step
+    count kept on the host (netc's Adam/AdamW, torch's Adam without
+    capturable=True): its bias correction is computed in Python and would be
+    baked into the graph at its capture-time value.
+    """
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.device != param.device:
+                return (f"{type(optimizer).__module__}.{type(optimizer).__name__} keeps state[{key!r}] "
+                        "on the host, which a CUDA graph would freeze; running eagerly")
+    return ""
+
+
 def _module_tensors(module: nn.Module) -> list[torch.Tensor]:
     return [*module.parameters(), *module.buffers()]
 
@@ -117,6 +134,7 @@ class TrainStep:
         images, labels = example_batch
         self.mode, self.reason = "eager", ""
         self.captures = 0  # how many times the step was captured (1 + re-captures)
+        self._replays_since_capture = 0
         self._graph: torch.cuda.CUDAGraph | None = None
         self._hyper: tuple[Any, ...] = ()
         self.static_x = images.detach().clone()  # (N, *input_shape): the graph reads these
@@ -130,7 +148,9 @@ class TrainStep:
             self.reason = blocker or ("graph capture is for CUDA" if capture is None else "capture=False")
             return
         self._warm_up()
-        self._capture()
+        self.reason = optimizer_blocker(optimizer)
+        if not self.reason:
+            self._capture()
 
     def _eager_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
@@ -181,11 +201,23 @@ class TrainStep:
         """Run the captured step on whatever `static_x` / `static_y` hold now."""
         assert self._graph is not None and self.static_loss is not None, "replay needs graph mode"
         if hyperparameters(self.optimizer) != self._hyper:
-            self._capture()  # the lr (or another setting) changed: the old graph has the old value
+            self._recapture()  # the lr (or another setting) changed: the old graph has the old value
             if self._graph is None:
                 return self._eager_step(self.static_x, self.static_y)
         self._graph.replay()
+        self._replays_since_capture += 1
         return self.static_loss
+
+    def _recapture(self) -> None:
+        if self.captures > 1 and self._replays_since_capture < THRASH_WINDOW:
+            # settings change every few steps (a per-step schedule on a host-number lr):
+            # capturing each time would cost more than it saves
+            self._graph, self.static_loss, self.mode = None, None, "eager"
+            self.reason = ("the optimizer's settings change every few steps and its lr is a host "
+                           "number baked into the graph; running eagerly")
+            return
+        self._replays_since_capture = 0
+        self._capture()
 
     def _eager_fallback(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self._graph is None:

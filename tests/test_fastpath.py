@@ -160,3 +160,61 @@ def test_capture_on_cpu_is_refused() -> None:
     module = _small_net("cpu")
     with pytest.raises(NotImplementedError, match="CUDA"):
         make_train_step(module, _sgd(module), F.cross_entropy, _batches("cpu", 1)[0], capture=True)
+
+
+SMALL_NET = """
+net small {
+    input [1, 28, 28]
+    maxpool2d 4
+    conv2d 3 kernel=3
+    relu
+    flatten
+    linear 10
+}
+"""
+
+
+def _netc_pair(device: str, optimizer: str) -> tuple[nn.Module, torch.optim.Optimizer, nn.Module,
+                                                     torch.optim.Optimizer]:
+    """Two identical netc networks on the Triton backend, each with its own netc fused optimizer."""
+    import netc
+    import netc.kernels
+
+    nets = [netc.compile(SMALL_NET, device=device, backend="triton", seed=7) for _ in range(2)]
+    make = {"sgd": lambda params: netc.kernels.SGD(params, lr=0.05, momentum=0.9),
+            "adam": lambda params: netc.kernels.Adam(params, lr=0.01)}[optimizer]
+    return nets[0], make(nets[0].parameters()), nets[1], make(nets[1].parameters())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_netc_network_fast_step_equals_plain_step(device: str, optimizer: str) -> None:
+    """Triton kernels + netc's fused optimizer: a graph with SGD on CUDA, eager Adam (host step count)."""
+    fast, fast_opt, plain, plain_opt = _netc_pair(device, optimizer)
+    data = [(torch.rand(5, 1, 28, 28, device=device), torch.randint(0, 10, (5,), device=device))
+            for _ in range(3)]
+    step = make_train_step(fast, fast_opt, fast.loss, data[0])
+    expect_graph = device == "cuda" and optimizer == "sgd"
+    assert step.mode == ("graph" if expect_graph else "eager"), step.reason
+    if device == "cuda" and optimizer == "adam":
+        assert "host" in step.reason
+    for x, y in data:
+        plain_opt.zero_grad()
+        loss = plain.loss(plain(x), y)
+        loss.backward()
+        plain_opt.step()
+        assert float(step(x, y)) == pytest.approx(float(loss.detach()), rel=1e-5)
+    _assert_same_state(fast, plain, fast_opt, plain_opt)
+
+
+def test_triton_dropout_blocks_capture() -> None:
+    from netc.dsl.errors import Loc
+    from netc.dsl.ir import Node
+    from netc.runtime.fastpath import capture_blocker
+    from netc.runtime.layers import build_layer
+
+    node = Node("1", "dropout", {"p": 0.5}, (6,), (6,), {}, 0, Loc("<test>", 1, 1))
+    triton_net = nn.Sequential(nn.Linear(4, 6), build_layer(node, "triton"))
+    torch_net = nn.Sequential(nn.Linear(4, 6), build_layer(node, "torch"))
+    assert "dropout" in capture_blocker(triton_net)
+    assert capture_blocker(torch_net) == ""
+    assert capture_blocker(_small_net("cpu")) == ""
