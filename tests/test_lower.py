@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any
 
@@ -247,7 +248,8 @@ def test_fused_network_runs_fused_kernels_and_equals_twin(
     assert not net.get_submodule("4").fused and not net.get_submodule("10").fused
     calls: list[str] = []  # the kernels the network itself calls (not the ones they call inside)
     depth = [0]
-    from netc.kernels import activation as act_module, conv as conv_module, linear as linear_module
+    act_module, conv_module, linear_module = (importlib.import_module(f"netc.kernels.{family}")
+                                              for family in ("activation", "conv", "linear"))
 
     for module, name in [(conv_module, "conv2d"), (conv_module, "conv2d_act"), (linear_module, "linear"),
                          (linear_module, "linear_act"), (act_module, "relu"), (act_module, "tanh"),
