@@ -1,0 +1,193 @@
+"""SGD, Adam, AdamW fused kernels vs torch.optim on identical model copies: parameters and state per step."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from kernel_helpers_dense import check
+
+from netc.kernels import optim
+
+# id -> (our class, torch's class, keyword arguments)
+SGD, ADAM = (optim.SGD, torch.optim.SGD), (optim.Adam, torch.optim.Adam)
+ADAMW = (optim.AdamW, torch.optim.AdamW)
+CONFIGS: dict[str, tuple[type, type, dict[str, Any]]] = {
+    "sgd": (*SGD, {"lr": 0.1}),
+    "sgd-momentum": (*SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.1}),
+    "sgd-nesterov": (*SGD, {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.01}),
+    "sgd-maximize": (*SGD, {"lr": 0.01, "momentum": 0.5, "maximize": True}),
+    "adam": (*ADAM, {"lr": 0.01}),
+    "adam-wd-betas": (*ADAM, {"lr": 0.02, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.1}),
+    "adam-amsgrad-max": (*ADAM, {"lr": 0.01, "amsgrad": True, "maximize": True}),
+    "adamw": (*ADAMW, {"lr": 0.01}),
+    "adamw-amsgrad": (*ADAMW, {"lr": 0.02, "weight_decay": 0.3, "amsgrad": True}),
+}
+
+
+def _model(dtype: torch.dtype, device: str) -> torch.nn.Module:
+    """Odd parameter sizes, so the flat buffer is no multiple of any block."""
+    model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    return model.to(device, dtype)
+
+
+def _backward(model: torch.nn.Module, x: torch.Tensor) -> None:
+    torch.sin(model(x)).sum().backward()  # bounded loss: maximize does not diverge
+
+
+def _train(model: torch.nn.Module, opt: Any, inputs: list[torch.Tensor], sched: Any = None) -> None:
+    for x in inputs:
+        opt.zero_grad()
+        _backward(model, x)
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def _assert_same(
+    model: torch.nn.Module, ref: torch.nn.Module, opt: Any, ref_opt: Any, dtype: torch.dtype, name: str
+) -> None:
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        check(f"{name}:param", p, q, dtype)
+        state, ref_state = opt.state[p], ref_opt.state[q]
+        assert set(state) == set(ref_state), f"state keys {set(state)} != {set(ref_state)}"
+        for key, value in ref_state.items():
+            if key == "step":
+                assert float(state[key]) == float(value)
+            else:
+                check(f"{name}:{key}", state[key], value, dtype)
+
+
+def _pair(config: str, dtype: torch.dtype, device: str, **overrides: Any):
+    ours_cls, ref_cls, kwargs = CONFIGS[config]
+    kwargs = {**kwargs, **overrides}
+    model = _model(dtype, device)
+    ref = copy.deepcopy(model)
+    return model, ref, ours_cls(model.parameters(), **kwargs), ref_cls(ref.parameters(), **kwargs)
+
+
+def _inputs(count: int, dtype: torch.dtype, device: str) -> list[torch.Tensor]:
+    return [torch.randn(9, 7, dtype=dtype, device=device) for _ in range(count)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_steps_match_torch(config: str, dtype: torch.dtype, device: str) -> None:
+    model, ref, opt, ref_opt = _pair(config, dtype, device)
+    for x in _inputs(5, dtype, device):
+        _train(model, opt, [x])
+        _train(ref, ref_opt, [x])
+        _assert_same(model, ref, opt, ref_opt, dtype, CONFIGS[config][0].__name__)
+
+
+@pytest.mark.parametrize("config", ["sgd-momentum", "adam", "adamw"])
+def test_lr_schedulers_take_effect(config: str, device: str) -> None:
+    for make in (lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.3),
+                 lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=4)):
+        model, ref, opt, ref_opt = _pair(config, torch.float64, device)
+        inputs = _inputs(5, torch.float64, device)
+        _train(model, opt, inputs, make(opt))
+        _train(ref, ref_opt, inputs, make(ref_opt))
+        assert opt.param_groups[0]["lr"] == ref_opt.param_groups[0]["lr"] != CONFIGS[config][2]["lr"]
+        _assert_same(model, ref, opt, ref_opt, torch.float64, "scheduled")
+
+
+def test_clip_grad_norm_acts_on_the_flat_gradient(device: str) -> None:
+    model, ref, opt, ref_opt = _pair("adam", torch.float64, device)
+    for x in _inputs(3, torch.float64, device):
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad()
+            _backward(m, x * 10)
+            torch.nn.utils.clip_grad_norm_(m.parameters(), max_norm=0.1)
+            o.step()
+    _assert_same(model, ref, opt, ref_opt, torch.float64, "clipped")
+
+
+@pytest.mark.parametrize("config", ["sgd-momentum", "adam-amsgrad-max", "adamw"])
+def test_state_dict_round_trip(config: str, device: str) -> None:
+    """Train 2 steps, save, load into a fresh optimizer (ours or torch's): the next steps agree."""
+    model, ref, opt, ref_opt = _pair(config, torch.float64, device)
+    first, later = _inputs(2, torch.float64, device), _inputs(2, torch.float64, device)
+    _train(model, opt, first)
+    _train(ref, ref_opt, first)
+    ours_cls, ref_cls, kwargs = CONFIGS[config]
+    clone, ref_clone = copy.deepcopy(model), copy.deepcopy(model)
+    reloaded = ours_cls(clone.parameters(), **kwargs)
+    reloaded.load_state_dict(copy.deepcopy(opt.state_dict()))
+    from_torch = ours_cls(ref_clone.parameters(), **kwargs)
+    from_torch.load_state_dict(copy.deepcopy(ref_opt.state_dict()))
+    for m, o in ((clone, reloaded), (ref_clone, from_torch), (ref, ref_opt)):
+        _train(m, o, later)
+    _assert_same(clone, ref, reloaded, ref_opt, torch.float64, "reloaded")
+    _assert_same(ref_clone, ref, from_torch, ref_opt, torch.float64, "from-torch")
+    # and torch's optimizer accepts ours
+    torch_clone = copy.deepcopy(model)
+    ref_cls(torch_clone.parameters(), **kwargs).load_state_dict(copy.deepcopy(opt.state_dict()))
+
+
+def test_one_launch_per_step(monkeypatch: pytest.MonkeyPatch, device: str) -> None:
+    launches = []
+    kernel = optim._adam_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(optim, "_adam_kernel", Counting())
+    model, _, opt, _ = _pair("adam", torch.float32, device)
+    _train(model, opt, _inputs(3, torch.float32, device))
+    assert len(launches) == 3
+
+
+def test_grads_are_views_and_replaced_grads_are_adopted(device: str) -> None:
+    model, ref, opt, ref_opt = _pair("sgd-momentum", torch.float64, device)
+    inputs = _inputs(3, torch.float64, device)
+    opt.zero_grad(set_to_none=True)
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+    for x in inputs:  # the model's own zero_grad sets grads to None; backward makes new tensors
+        model.zero_grad(set_to_none=True)
+        _backward(model, x)
+        opt.step()
+    _train(ref, ref_opt, inputs)
+    _assert_same(model, ref, opt, ref_opt, torch.float64, "adopted")
+
+
+def test_param_groups_with_their_own_lr(device: str) -> None:
+    model = _model(torch.float64, device)
+    ref = copy.deepcopy(model)
+
+    def groups(m: torch.nn.Module) -> list[dict[str, Any]]:
+        return [{"params": m[0].parameters(), "lr": 0.05}, {"params": m[2].parameters(), "weight_decay": 0.2}]
+
+    opt, ref_opt = optim.AdamW(groups(model), lr=0.01), torch.optim.AdamW(groups(ref), lr=0.01)
+    inputs = _inputs(3, torch.float64, device)
+    _train(model, opt, inputs)
+    _train(ref, ref_opt, inputs)
+    _assert_same(model, ref, opt, ref_opt, torch.float64, "groups")
+
+
+def test_frozen_parameters_stay_put(device: str) -> None:
+    model = _model(torch.float64, device)
+    model[0].weight.requires_grad_(False)
+    frozen = model[0].weight.detach().clone()
+    opt = optim.SGD(model.parameters(), lr=0.1, weight_decay=0.5)
+    _train(model, opt, _inputs(2, torch.float64, device))
+    assert torch.equal(model[0].weight, frozen)
+    assert not torch.equal(model[2].weight, _model(torch.float64, device)[2].weight)
+
+
+def test_rejections(device: str) -> None:
+    model = _model(torch.float64, device)
+    with pytest.raises(NotImplementedError, match="dtype"):
+        optim.SGD([model[0].weight, torch.nn.Parameter(torch.zeros(3, device=device))])
+    with pytest.raises(ValueError, match="Nesterov"):
+        optim.SGD(model.parameters(), momentum=0.0, nesterov=True)
+    with pytest.raises(ValueError, match="betas"):
+        optim.Adam(model.parameters(), betas=(1.0, 0.9))
+    opt = optim.Adam(model.parameters())
+    model[0].bias.grad = None
+    with pytest.raises(NotImplementedError, match="no gradient"):
+        opt.step()
