@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from netc.dsl.ir import Graph, Node
-from netc.runtime.fuse import walk
 from netc.runtime.layers import build_layer
-from netc.runtime.lower import Network, compile, resolve_target
+from netc.runtime.lower import Network, compile, resolve_target, walk
 
 # Default largest relative error: float32 with ieee dots differs from PyTorch only by summation order.
 TOLERANCE_IEEE = 1e-4

@@ -3,13 +3,15 @@
 `compile` parses when given text, resolves the device and backend, seeds the
 RNG, builds one submodule per node ("0", "1", ...; a residual's body as
 "i.0", "i.1", ...) with PyTorch's initialisation in node order, then, on the
-Triton backend, applies the fusion pass. Weights are always drawn on the CPU
+Triton backend, applies the fusion pass (`find_fusions`, below). Weights are always drawn on the CPU
 and then moved, so a seed gives the same weights on every device and backend.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,11 +19,63 @@ import torch.nn.functional as F
 from torch import nn
 
 from netc.dsl.errors import DataError
-from netc.dsl.ir import Graph
-from netc.runtime.fuse import Fusion, find_fusions
+from netc.dsl.ir import Graph, Node
 from netc.runtime.layers import Activation, build_layer
 
 BACKENDS = ("triton", "torch")
+
+# ---- the fusion pass (Triton backend only) ----------------------------------------------------
+# A conv2d or linear immediately followed by relu, tanh, sigmoid or leaky_relu in the same stack
+# (the top level, or one residual body) runs as a single conv2d_act / linear_act launch: the
+# activation is applied in the GEMM epilogue, so its output makes no extra round trip through
+# memory. The activation's node keeps its place (its module becomes an identity), so layer names
+# and indices do not move. Nothing fuses across a residual boundary: x + body(x) sits between a
+# body's last layer and whatever follows it.
+
+FUSABLE_PRODUCERS = {"conv2d": "conv2d_act", "linear": "linear_act"}
+FUSABLE_ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu")
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """One producer (conv2d/linear) whose epilogue applies the activation node after it."""
+
+    producer: Node
+    activation: Node
+
+    @property
+    def kernel(self) -> str:
+        return FUSABLE_PRODUCERS[self.producer.op]
+
+    @property
+    def slope(self) -> float:
+        return float(self.activation.attrs.get("slope", 0.0))
+
+    def describe(self) -> str:
+        return f"{self.producer.name} {self.producer.op} + {self.activation.name} {self.activation.op} " \
+               f"-> {self.kernel}({self.activation.op})"
+
+
+def find_fusions(nodes: Sequence[Node]) -> list[Fusion]:
+    """Every fusable (producer, activation) pair, in node order, residual bodies included."""
+    fusions: list[Fusion] = []
+    previous: Node | None = None
+    for node in nodes:
+        if node.op == "residual":
+            fusions.extend(find_fusions(node.body))
+        if previous is not None and previous.op in FUSABLE_PRODUCERS and node.op in FUSABLE_ACTIVATIONS:
+            fusions.append(Fusion(previous, node))
+            previous = None  # the activation is consumed; a second one after it stays on its own
+        else:
+            previous = node
+    return fusions
+
+
+def walk(nodes: Sequence[Node]) -> Iterator[Node]:
+    """Every node in order, each residual followed by its body's nodes (depth first)."""
+    for node in nodes:
+        yield node
+        yield from walk(node.body)
 
 
 class Network(nn.Module):

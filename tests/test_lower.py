@@ -13,8 +13,7 @@ from torch import nn
 import netc
 from netc.dsl.errors import DataError, Loc
 from netc.dsl.ir import Graph, Node, TrainConfig
-from netc.runtime.fuse import find_fusions
-from netc.runtime.lower import Network, compile, resolve_target
+from netc.runtime.lower import Network, compile, find_fusions, resolve_target
 
 LOC = Loc("<test>", 1, 1)
 DEFAULTS: dict[str, dict[str, Any]] = {
