@@ -50,7 +50,7 @@ def _row_coefficients(
     PROB_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTHING: tl.constexpr, DTYPE: tl.constexpr,
 ):
     """a (BLOCK_R, BLOCK_C): each row's weight on each class's log-probability (0 where masked)."""
-    eps_per_class = SMOOTHING / C.to(DTYPE)  # in the input's dtype: float64 keeps full precision
+    eps_per_class = SMOOTHING / tl.cast(C, DTYPE)  # input dtype: full float64 precision; C may be constexpr 1
     if PROB_TARGET:
         t = tl.load(t_ptr + base[:, None] + cols[None, :].to(tl.int64) * S, mask=mask, other=0.0)
         a = (1.0 - SMOOTHING) * t + eps_per_class

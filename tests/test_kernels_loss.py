@@ -138,3 +138,10 @@ def test_rejections(device: str) -> None:
         cross_entropy(x, torch.rand(4, C, device=device, requires_grad=True))
     with pytest.raises(NotImplementedError, match="float16"):
         cross_entropy(x.half(), target)
+
+
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_single_class(kind: str, device: str) -> None:
+    """C = 1 (a GPU launch specialises the int 1 to a constant): loss 0 without smoothing, as torch."""
+    x = torch.randn(6, 1, dtype=torch.float64, device=device)
+    _compare(x, _targets((6, 1), kind, device), label_smoothing=0.2, reduction="sum")
