@@ -1,0 +1,117 @@
+"""`netc train` and `netc eval` end to end, in a subprocess: exit codes, messages, files, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from netc.runtime.idx import encode_idx
+from test_data import write_idx_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+LENET = ROOT / "examples" / "lenet.net"
+
+TINY = """net tiny {{
+    input [25]
+    linear 6
+    relu
+    linear 4
+}}
+train {{
+    data mnist path="{path}" val=0.2
+    batch 8
+    optimizer sgd lr=0.1 momentum=0.9
+}}
+"""
+
+
+def netc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-m", "netc.runtime.cli", *args], capture_output=True, text=True,
+                            cwd=cwd or ROOT, env=env, timeout=600)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def tiny_net(tmp_path: Path, data: Path | None = None) -> Path:
+    if data is None:
+        data = tmp_path / "data"
+        write_idx_dir(data, train=45, test=11, side=5, classes=4, gz=True)
+    path = tmp_path / "tiny.net"
+    path.write_text(TINY.format(path=data))
+    return path
+
+
+def test_train_then_eval_lenet(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cpu = ("--device", "cpu")
+    trained = netc("train", str(LENET), "--limit", "200", "--epochs", "1", "--out", str(out), *cpu)
+    assert trained.returncode == 0, trained.stderr
+    assert "epoch 1/1: train loss" in trained.stderr and "val accuracy" in trained.stderr
+    assert "160 train / 40 val / 10,000 test" in trained.stderr
+    final = trained.stdout.strip().splitlines()[-1]
+    assert final.startswith("test loss ") and "test accuracy" in final
+    assert {"model.safetensors", "optimizer.safetensors", "meta.json", "metrics.jsonl", "curves.png"} <= set(
+        os.listdir(out))
+    evaluated = netc("eval", str(LENET), "--checkpoint", str(out), "--device", "cpu")
+    assert evaluated.returncode == 0, evaluated.stderr
+    # the same weights, the same test set: the same numbers as the end of training
+    assert final in evaluated.stdout
+
+    resumed = netc("train", str(LENET), "--limit", "200", "--epochs", "2", "--resume", str(out), *cpu)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "epoch 2/2" in resumed.stderr
+    assert "epoch 1/2" not in resumed.stderr
+
+    other = tmp_path / "other.net"
+    other.write_text(LENET.read_text().replace("linear 50", "linear 40"))
+    refused = netc("train", str(other), "--resume", str(out), "--device", "cpu")
+    assert refused.returncode == 1 and "trained from a different .net source" in refused.stderr
+    refused_eval = netc("eval", str(other), "--checkpoint", str(out), "--device", "cpu")
+    assert refused_eval.returncode == 1 and "different .net source" in refused_eval.stderr
+
+
+def test_train_and_eval_on_the_triton_backend(tmp_path: Path) -> None:
+    net, out = tiny_net(tmp_path), tmp_path / "run"
+    target = ("--device", "cpu", "--backend", "triton")
+    trained = netc("train", str(net), "--epochs", "2", "--out", str(out), *target)
+    assert trained.returncode == 0, trained.stderr
+    assert "cpu, triton backend" in trained.stderr and "36 train / 9 val / 11 test" in trained.stderr
+    evaluated = netc("eval", str(net), "--checkpoint", str(out), "--device", "cpu", "--backend", "triton")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert trained.stdout.strip().splitlines()[-1] in evaluated.stdout
+
+
+def test_non_finite_loss_exits_1(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_idx_dir(data, train=45, test=11, side=5, classes=4)
+    images = np.ones((45, 5, 5), dtype=np.float32)
+    images[30:] = np.inf  # a damaged dataset: the later samples overflow
+    (data / "train-images-idx3-ubyte").write_bytes(encode_idx(images))
+    result = netc("train", str(tiny_net(tmp_path, data)), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.returncode == 1
+    assert "error: the training loss became nan in epoch 1" in result.stderr and "--lr" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["no_data", "no_checkpoint", "no_file", "bad_limit"])
+def test_user_mistakes_exit_with_a_message(tmp_path: Path, case: str) -> None:
+    net = tiny_net(tmp_path, data=tmp_path / "missing")
+    if case == "no_data":
+        result = netc("train", str(net), "--device", "cpu", "--out", str(tmp_path / "run"))
+        expected, code = "does not exist", 1
+    elif case == "no_checkpoint":
+        result = netc("eval", str(net), "--checkpoint", str(tmp_path / "nothing"), "--device", "cpu")
+        expected, code = "no checkpoint at", 1
+    elif case == "no_file":
+        result = netc("train", str(tmp_path / "absent.net"), "--device", "cpu")
+        expected, code = "absent.net", 1
+    else:
+        result = netc("train", str(net), "--limit", "0")
+        expected, code = "must be at least 1", 2
+    assert result.returncode == code, result.stderr
+    assert expected in result.stderr
