@@ -38,7 +38,7 @@ class Launch:
     grid: tuple[int, ...]
     blocks: dict[str, int]  # BLOCK_* / GROUP_* constexprs, num_warps, num_stages
     bytes: int  # distinct tensor arguments' sizes: the launch's compulsory memory traffic
-    flops: int  # see netc.runtime.plan_cost
+    flops: int  # see launch_flops
 
 
 class _Recorder:

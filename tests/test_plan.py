@@ -1,0 +1,115 @@
+"""Kernel plan and Triton listing (`netc compile --emit plan|triton`) for lenet and a residual/dropout net."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+
+import pytest
+
+import netc
+from netc.runtime import cli
+from netc.runtime.plan import format_plan, format_triton, is_jit, trace
+
+ROOT = Path(__file__).resolve().parents[1]
+LENET = str(ROOT / "examples" / "lenet.net")
+
+RESIDUAL_NET = """
+net res {
+    input [784]
+    linear 16
+    dropout 0.5
+    residual {
+        linear 16
+        relu
+    }
+    tanh
+    linear 10
+}
+train {
+    batch 8
+}
+"""
+
+
+def test_lenet_plan_launches_fused_kernels_with_consistent_grids() -> None:
+    graph = netc.parse(LENET)
+    launches, kernels = trace(graph)  # the train block's batch: 100
+    by_layer: dict[str, list[str]] = {}
+    for launch in launches:
+        by_layer.setdefault(f"{launch.layer} {launch.phase}", []).append(launch.kernel)
+    assert by_layer["0 forward"] == ["_conv2d_fwd_kernel"]  # conv + relu in one launch
+    # the network input needs no gradient: no input-gradient convolution for layer 0
+    assert by_layer["0 backward"] == ["_conv2d_act_bwd_kernel", "_conv2d_bwd_weight_kernel"]
+    assert "1 forward" not in by_layer and "1 backward" not in by_layer  # relu fused into layer 0
+    assert by_layer["2 forward"] == ["_max_pool2d_fwd_kernel"]
+    assert "3 forward" not in by_layer  # flatten is a view
+    assert by_layer["4 forward"] == ["_linear_gemm_kernel"]
+    assert sorted(by_layer["4 backward"]) == sorted(
+        ["_activation_bwd_kernel", "_linear_gemm_kernel", "_linear_gemm_kernel", "_bias_grad_kernel"])
+    assert by_layer["loss forward"] == ["_cross_entropy_fwd_kernel"]
+    assert "_activation_fwd_kernel" not in kernels  # both relus are fused away
+
+    conv = next(x for x in launches if x.kernel == "_conv2d_fwd_kernel")
+    rows = 100 * 24 * 24  # N * OH * OW output pixels
+    assert conv.grid == (math.ceil(rows / conv.blocks["BLOCK_M"]), math.ceil(10 / conv.blocks["BLOCK_N"]), 1)
+    assert conv.flops == 2 * rows * 10 * 25
+    assert conv.bytes == 4 * (100 * 28 * 28 + 10 * 25 + 10 + 100 * 10 * 24 * 24)
+    linear = next(x for x in launches if x.kernel == "_linear_gemm_kernel" and x.layer == "4")
+    assert linear.flops == 2 * 100 * 1440 * 50
+    blocks = linear.blocks
+    assert linear.grid == (math.ceil(100 / blocks["BLOCK_M"]) * math.ceil(50 / blocks["BLOCK_N"]),)
+    assert {"num_warps", "num_stages"} <= set(conv.blocks)
+
+
+def test_plan_follows_the_target_launch_settings() -> None:
+    graph = netc.parse(LENET)
+    gpu = {x.kernel: x.blocks for x in trace(graph, 10, "gpu")[0]}
+    interpreter = {x.kernel: x.blocks for x in trace(graph, 10, "interpreter")[0]}
+    pool = importlib.import_module("netc.kernels.pool")
+    assert gpu["_max_pool2d_fwd_kernel"]["BLOCK"] != interpreter["_max_pool2d_fwd_kernel"]["BLOCK"]
+    config = importlib.import_module("netc.kernels.config")
+    here = interpreter if config.interpreting() else gpu  # the settings come from the launcher's own helper
+    assert here["_max_pool2d_fwd_kernel"]["BLOCK"] == pool._launch_config()[0]
+    with pytest.raises(ValueError, match="target"):
+        trace(graph, 10, "tpu")
+
+
+def test_emit_plan_and_triton_for_lenet(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["compile", LENET, "--emit", "plan"]) == 0
+    plan = capsys.readouterr().out
+    assert "batch 100" in plan and "0 conv2d + 1 relu -> conv2d_act(relu)" in plan
+    assert "4 linear + 5 relu -> linear_act(relu)" in plan
+    assert "fused into layer 0's epilogue" in plan and "a view: no launch" in plan
+    assert "_conv2d_fwd_kernel" in plan and "grid=(" in plan and "BLOCK_M=" in plan and "MFLOP" in plan
+
+    assert cli.main(["compile", LENET, "--emit", "triton"]) == 0
+    source = capsys.readouterr().out
+    for kernel in ("_conv2d_fwd_kernel", "_conv2d_bwd_weight_kernel", "_max_pool2d_fwd_kernel",
+                   "_linear_gemm_kernel", "_cross_entropy_fwd_kernel"):
+        assert f"def {kernel}(" in source
+    assert source.count("@triton.jit") >= 10
+    assert "def _activation_fwd_kernel(" not in source  # fused: never launched
+    assert "def apply_activation(" in source  # the epilogue helper linear's GEMM calls
+    compile(source, "<emitted>", "exec")  # the listing is valid Python
+
+
+def test_plan_of_residual_and_dropout_net() -> None:
+    graph = netc.parse(RESIDUAL_NET)
+    text = format_plan(graph)
+    assert "batch 8" in text and "2.0 linear + 2.1 relu -> linear_act(relu)" in text
+    assert "x + body(x)" in text
+    launches, _ = trace(graph)
+    dropout = [x for x in launches if x.layer == "1"]
+    assert [x.kernel for x in dropout] == ["_dropout_kernel", "_dropout_kernel"]  # training mask, both ways
+    assert [x.phase for x in dropout] == ["forward", "backward"]
+    tanh = [x.kernel for x in launches if x.layer == "3"]
+    assert tanh == ["_activation_fwd_kernel", "_activation_bwd_kernel"]  # after x + body(x): not fused
+    listing = format_triton(graph)
+    assert "def _dropout_kernel(" in listing and "def _conv2d_fwd_kernel(" not in listing
+
+
+def test_is_jit_tells_kernels_from_plain_functions() -> None:
+    activation = importlib.import_module("netc.kernels.activation")
+    assert is_jit(activation._activation_fwd_kernel) and not is_jit(activation.relu)
