@@ -14,8 +14,8 @@ Hyperparameters are read from `param_groups` at every step (so a scheduler's
 new lr takes effect) and passed as kernel scalars. Kernel float scalars are
 float32, so each value travels as a (hi, lo) float32 pair summed in the
 parameters' dtype: float64 parameters get ~1e-15 relative accuracy without a
-device tensor or a host sync. Adam's step count is a CPU tensor per group
-(shared by the group's parameters' state["step"]), never a device value.
+device tensor or a host sync. Adam's step count lives in CPU tensors (each
+parameter's state["step"], advanced together), never on the device.
 Being kernel scalars, they would be frozen by a CUDA-graph capture.
 
 Differences from torch.optim, by design: `zero_grad` zeroes the flat gradient
@@ -255,10 +255,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
                     flat = self._buffer(key)[offset : offset + numel]
                     flat.copy_(state[key].reshape(-1))
                     state[key] = flat.view_as(p)
-        self._share_steps()
+        self._check_steps()
 
-    def _share_steps(self) -> None:
-        """Subclasses with a step count make one CPU tensor per group shared by its parameters."""
+    def _check_steps(self) -> None:
+        """Subclasses with a step count check it after a load."""
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -351,35 +351,31 @@ class Adam(_FlatOptimizer):
                     "amsgrad": amsgrad, "maximize": maximize}
         super().__init__(params, defaults)
 
-    def _step_tensor(self, group_index: int) -> torch.Tensor:
-        """The group's step count: a CPU float32 tensor, shared by each parameter's state["step"]."""
-        first_param = self._group_slots(group_index)[0][0]
-        step = self.state[first_param].get("step")
-        if step is None:
-            step = torch.tensor(0.0, dtype=torch.float32)
+    def _step_tensors(self, group_index: int) -> list[torch.Tensor]:
+        """Each parameter's state["step"]: its own CPU float32 tensor (as torch; shared ones would
+        trip safetensors), all advanced together by one foreach add."""
+        slots = self._group_slots(group_index)
+        if self.state[slots[0][0]].get("step") is None:
             amsgrad = self.param_groups[group_index]["amsgrad"]
             keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
             self._expose_state(group_index, keys)
-            for p, _, _ in self._group_slots(group_index):
-                self.state[p]["step"] = step
-        return step
+            for p, _, _ in slots:
+                self.state[p]["step"] = torch.tensor(0.0, dtype=torch.float32)
+        return [self.state[p]["step"] for p, _, _ in slots]
 
-    def _share_steps(self) -> None:
+    def _check_steps(self) -> None:
+        """After a load: one group's parameters must share a step count (one kernel updates them)."""
         for group_index, (start, end) in enumerate(self._ranges):
-            slots = self._group_slots(group_index)
-            steps = [self.state[p].get("step") for p, _, _ in slots]
-            if end == start or steps[0] is None:
+            steps = [self.state[p].get("step") for p, _, _ in self._group_slots(group_index)]
+            if end == start or all(s is None for s in steps):
                 continue
             if any(s is None or float(s) != float(steps[0]) for s in steps):
                 raise NotImplementedError(f"{type(self).__name__}: one group's parameters at different steps")
-            shared = torch.tensor(float(steps[0]), dtype=torch.float32)
-            for p, _, _ in slots:
-                self.state[p]["step"] = shared
 
     def _update(self, group_index: int, group: dict[str, Any], start: int, end: int) -> None:
-        step_tensor = self._step_tensor(group_index)
-        step_tensor += 1
-        step = float(step_tensor)  # a CPU tensor: no device sync
+        steps = self._step_tensors(group_index)
+        torch._foreach_add_(steps, 1.0)
+        step = float(steps[0])  # a CPU tensor: no device sync
         beta1, beta2 = group["betas"]
         lr, wd = group["lr"], group["weight_decay"]
         amsgrad = bool(group["amsgrad"])

@@ -191,3 +191,21 @@ def test_rejections(device: str) -> None:
     model[0].bias.grad = None
     with pytest.raises(NotImplementedError, match="no gradient"):
         opt.step()
+
+
+@pytest.mark.parametrize("config", ["sgd-momentum", "adam-amsgrad-max"])
+def test_state_saves_with_safetensors(config: str, tmp_path: Any, device: str) -> None:
+    """Checkpoints store each state tensor by name; safetensors refuses tensors that share memory."""
+    from safetensors.torch import load_file, save_file
+
+    model, _, opt, _ = _pair(config, torch.float64, device)
+    _train(model, opt, _inputs(2, torch.float64, device))
+    tensors = {
+        f"{param_id}.{key}": value.detach().contiguous().cpu()
+        for param_id, entries in opt.state_dict()["state"].items()
+        for key, value in entries.items()
+    }
+    save_file(tensors, str(tmp_path / "optimizer.safetensors"))
+    loaded = load_file(str(tmp_path / "optimizer.safetensors"))
+    assert loaded.keys() == tensors.keys()
+    assert all(torch.equal(loaded[key], tensors[key]) for key in tensors)
