@@ -226,3 +226,26 @@ def test_ctrl_c_saves_where_it_stopped(dataset: str, tmp_path: Path) -> None:
     # calls 1-5 are epoch 1's steps, 6 its validation, 7 epoch 2's first step: it finishes, then the save
     assert (meta["epoch"], meta["state"]["batch"], meta["step"]) == (1, 1, 6)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was put back
+
+
+def test_progress_bar_on_a_terminal_and_one_line_per_epoch_elsewhere(dataset: str) -> None:
+    from netc.runtime import progress as progress_mod
+
+    for interactive in (True, False):
+        stream = io.StringIO()
+        trainer = make_trainer(dataset, None, epochs=2)
+        trainer.progress = Progress(stream, interactive=interactive)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(progress_mod, "REDRAW_SECONDS", 0.0)  # redraw after every step
+            trainer.fit()
+        text = stream.getvalue()
+        summaries = [line for line in text.replace("\r", "\n").splitlines() if line.startswith("epoch ")
+                     and ": train loss" in line]
+        assert len(summaries) == 2 and "val accuracy" in summaries[0]
+        if interactive:
+            # 5 steps per epoch, each redrawn in place: "\r" + bar with loss, speed and ETA
+            bars = [part for part in text.split("\r") if "samples/s" in part]
+            assert len(bars) == 10 and "epoch 1/2 [" in bars[0]
+            assert " 1/5 loss " in bars[0] and "ETA" in bars[0]
+        else:
+            assert "\r" not in text and len(text.splitlines()) == 2
