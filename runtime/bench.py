@@ -50,6 +50,7 @@ class Result:
     samples_per_s: float
     epoch_s: float | None = None
     epoch_how: str = ""  # "measured" or "estimated" (steps per epoch x median step)
+    device_ops: int | None = None  # kernels + copies + memsets the profiler saw in one step (CUDA)
     note: str = ""
 
 
@@ -78,12 +79,14 @@ class Report:
 
 def run(args: argparse.Namespace) -> int:
     """The `netc bench` command; returns 1 when a contender failed (the others are still reported)."""
-    from netc.runtime.lower import _as_graph, resolve_target
+    from netc.dsl import parse
+    from netc.runtime.lower import resolve_target
 
-    graph = _as_graph(args.file)
+    graph = parse(args.file)
     device, _, _ = resolve_target(args.device, "torch")
     if device.type == "cpu":
         resolve_target(device, "triton")  # chooses Triton's interpreter before any kernel loads
+    # --compile, --batch and --contenders are read when the CLI defines them
     report = bench(graph, device, args.steps, bool(getattr(args, "compile", False)),
                    getattr(args, "batch", None), getattr(args, "contenders", None))
     if args.json:
@@ -106,21 +109,17 @@ def bench(
     """Time every contender that applies to `device`; see the module docstring."""
     on_cuda = device.type == "cuda"
     steps = steps or (CUDA_STEPS if on_cuda else CPU_STEPS)
-    warmup = CUDA_WARMUP if on_cuda else CPU_WARMUP
     batch = batch or (graph.train.batch if on_cuda else min(graph.train.batch, CPU_BATCH))
-    if on_cuda:
-        images, labels, data_note = epoch_data(graph, device)
-        train_count = images.shape[0]
-    else:  # an interpreted epoch takes many minutes: estimate it from the step time instead
-        images = labels = None
-        train_count = _split_size(graph)
-        data_note = f"not run on the CPU; estimated for the {train_count} samples of the " \
-            f"{graph.train.data.name} training split"
+    images, labels, data_note = epoch_data(graph, device) if on_cuda else (None, None, "")
+    train_count = images.shape[0] if images is not None else _split_size(graph)
     report = Report(
         file=graph.path, net=graph.name, device=device.type, device_name=_device_name(device),
-        batch=batch, file_batch=graph.train.batch, steps=steps, warmup=warmup,
+        batch=batch, file_batch=graph.train.batch, steps=steps, warmup=CUDA_WARMUP if on_cuda else CPU_WARMUP,
         timer="CUDA events, median per step" if on_cuda else "host clock, median per step",
-        versions=_versions(), epoch_data=data_note, epoch_steps=train_count // batch,
+        versions=_versions(), epoch_steps=train_count // batch,
+        # an interpreted epoch takes hours: on the CPU it is estimated from the step time
+        epoch_data=data_note or f"not run on the CPU; estimated for the {train_count} samples of the "
+        f"{graph.train.data.name} training split",
     )
     inputs = _rotating_batches(graph, device, batch)
     for contender in CONTENDERS:
@@ -129,12 +128,13 @@ def bench(
             report.skipped[contender.name] = why_not
             continue
         try:
-            result = _measure(contender, graph, device, inputs, steps, warmup, images, labels)
+            result = _measure(contender, graph, device, inputs, (steps, report.warmup), images, labels)
+        except Exception as error:  # one broken contender must not hide the others' numbers
+            report.failed[contender.name] = f"{type(error).__name__}: {error}"
+        else:
             if images is None:
                 result.epoch_s, result.epoch_how = result.median_ms * report.epoch_steps / 1000.0, "estimated"
             report.results.append(result)
-        except Exception as error:  # one broken contender must not hide the others' numbers
-            report.failed[contender.name] = f"{type(error).__name__}: {error}"
         _release(device)
     report.ratios = ratios(report.results)
     return report
@@ -155,14 +155,13 @@ def _measure(
     graph: Graph,
     device: torch.device,
     inputs: list[tuple[torch.Tensor, torch.Tensor]],
-    steps: int,
-    warmup: int,
+    counts: tuple[int, int],
     images: torch.Tensor | None,
     labels: torch.Tensor | None,
 ) -> Result:
     """Build, warm up and time one contender; with data on the device, time one epoch too."""
     runner = build_contender(contender, graph, device, inputs[0])
-    times = time_steps(runner.step, inputs, steps, warmup, device)
+    times = time_steps(runner.step, inputs, *counts, device)
     median = statistics.median(times)
     result = Result(
         name=contender.name, backend=contender.backend, mode=runner.mode, optimizer=runner.optimizer,
@@ -172,7 +171,27 @@ def _measure(
     if images is not None and labels is not None:
         result.epoch_s = time_epoch(runner, images, labels, inputs[0][0].shape[0])
         result.epoch_how = "measured"
+        result.device_ops = count_device_ops(runner.step, *inputs[0])
     return result
+
+
+def count_device_ops(step: Any, images: torch.Tensor, labels: torch.Tensor) -> int | None:
+    """GPU activities (kernels, copies, memsets) of one step, by the profiler; None if it cannot tell.
+
+    Kernels inside a replayed CUDA graph are reported one by one, so this is
+    the work a step launches however it is launched: what fusion reduces.
+    """
+    try:
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+            step(images, labels)
+            torch.cuda.synchronize()
+        return sum(1 for event in profiler.events() if event.device_type == DeviceType.CUDA)
+    except Exception:  # the profiler is a diagnostic: its absence must not fail the bench
+        return None
 
 
 def time_steps(
@@ -305,7 +324,8 @@ def format_report(report: Report) -> str:
                      f"{result.steps_per_s:>11.1f}{result.samples_per_s:>12.0f}{ratio:>9.2f}x")
     lines.append(f"epoch ({report.epoch_steps} steps; data: {report.epoch_data}):")
     for result in report.results:
-        lines.append(f"  {result.name:<16}{result.epoch_s * 1000.0:>12.1f} ms ({result.epoch_how})")
+        ops = f", {result.device_ops} GPU ops per step" if result.device_ops is not None else ""
+        lines.append(f"  {result.name:<16}{result.epoch_s * 1000.0:>12.1f} ms ({result.epoch_how}{ops})")
     lines += ["optimizers: " + ", ".join(f"{r.name}={r.optimizer}" for r in report.results)]
     lines += [f"note: {r.name}: {r.note}" for r in report.results if r.note]
     lines += [f"skipped {name}: {why}" for name, why in report.skipped.items()]
