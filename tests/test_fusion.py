@@ -1,0 +1,145 @@
+"""The fusion pass, targets and modes: which activations fold into conv2d_act/linear_act, devices, dropout."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+import pytest
+import torch
+from twins import make_graph, run_both
+
+import netc
+from netc.dsl.errors import DataError
+from netc.runtime.lower import compile, find_fusions, resolve_target
+
+# ---- the fusion pass -------------------------------------------------------------------------
+
+FUSION_LAYERS: list[tuple] = [
+    ("conv2d", {"out_channels": 2, "kernel": (3, 3)}), ("relu", {}),  # 0+1 fuse
+    ("conv2d", {"out_channels": 2, "kernel": (1, 1)}), ("maxpool2d", {"kernel": (2, 2), "stride": (2, 2)}),
+    ("relu", {}),  # 4: after a pool, stays alone
+    ("flatten", {}),
+    ("linear", {"out_features": 4}), ("leaky_relu", {"slope": 0.1}), ("tanh", {}),  # 6+7 fuse, 8 alone
+    ("residual", {}, [("linear", {"out_features": 4}), ("sigmoid", {}),  # 9.0+9.1 fuse
+                      ("linear", {"out_features": 4})]),
+    ("relu", {}),  # 10: after x + body(x), not fusable into 9.2
+    ("linear", {"out_features": 4}), ("dropout", {"p": 0.2}), ("relu", {}),  # dropout between: no fusion
+    ("linear", {"out_features": 3}), ("sigmoid", {}),  # 14+15 fuse
+]
+
+
+def test_fusion_pass_fuses_exactly_conv_or_linear_then_activation() -> None:
+    graph, _ = make_graph((1, 6, 6), FUSION_LAYERS)
+    pairs = [(f.producer.name, f.activation.name, f.kernel) for f in find_fusions(graph.nodes)]
+    assert pairs == [("0", "1", "conv2d_act"), ("6", "7", "linear_act"), ("9.0", "9.1", "linear_act"),
+                     ("14", "15", "linear_act")]
+    assert find_fusions(graph.nodes)[1].slope == 0.1
+
+
+def test_fused_network_runs_fused_kernels_and_equals_twin(
+    monkeypatch: pytest.MonkeyPatch, device: str
+) -> None:
+    graph, twin = make_graph((1, 6, 6), FUSION_LAYERS)
+    net = compile(graph, device=device, backend="triton", seed=0).eval()
+    assert [(f.producer.name, f.activation.name) for f in net.fusions] == [
+        ("0", "1"), ("6", "7"), ("9.0", "9.1"), ("14", "15")]
+    assert net.get_submodule("1").fused and net.get_submodule("9.1").fused
+    assert not net.get_submodule("4").fused and not net.get_submodule("10").fused
+    calls: list[str] = []  # the kernels the network itself calls (not the ones they call inside)
+    depth = [0]
+    act_module, conv_module, linear_module = (importlib.import_module(f"netc.kernels.{family}")
+                                              for family in ("activation", "conv", "linear"))
+
+    for module, name in [(conv_module, "conv2d"), (conv_module, "conv2d_act"), (linear_module, "linear"),
+                         (linear_module, "linear_act"), (act_module, "relu"), (act_module, "tanh"),
+                         (act_module, "sigmoid"), (act_module, "leaky_relu")]:
+        original = getattr(module, name)
+
+        def counting(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+            if depth[0] == 0:
+                fused = inspect.signature(_original).bind(*args, **kwargs).arguments.get("activation")
+                calls.append(f"{_name}:{fused}" if fused else _name)
+            depth[0] += 1
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+
+        monkeypatch.setattr(module, name, counting)
+    twin = twin.to(device).eval()
+    twin.load_state_dict(net.state_dict())
+    run_both(net, twin, torch.randn(2, 1, 6, 6, device=device))
+    assert calls == ["conv2d_act:relu", "conv2d", "relu", "linear_act:leaky_relu", "tanh",
+                     "linear_act:sigmoid", "linear", "relu", "linear", "relu", "linear_act:sigmoid"]
+
+
+def test_torch_backend_does_not_fuse() -> None:
+    graph, _ = make_graph((1, 6, 6), FUSION_LAYERS)
+    net = compile(graph, device="cpu", backend="torch", seed=0)
+    assert net.fusions == [] and not net.get_submodule("1").fused
+
+
+# ---- targets, modes, misuse --------------------------------------------------------------------
+
+def test_resolve_target_auto_and_explicit() -> None:
+    device, backend, note = resolve_target("auto", "auto")
+    if torch.cuda.is_available():
+        assert (device.type, backend, note) == ("cuda", "triton", None)
+    else:
+        assert (device.type, backend) == ("cpu", "torch")
+        assert note is not None and "torch backend" in note and "\n" not in note
+    assert resolve_target("cpu", "torch") == (torch.device("cpu"), "torch", None)
+    device, backend, note = resolve_target("cpu", "triton")
+    from netc.kernels.config import interpreting
+
+    assert (device.type, backend, note) == ("cpu", "triton", None) and interpreting()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu_is_a_clear_error() -> None:
+    with pytest.raises(DataError, match="no CUDA device"):
+        resolve_target("cuda", "auto")
+    with pytest.raises(DataError, match="unknown backend"):
+        resolve_target("cpu", "tensorflow")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_dropout_trains_and_is_identity_in_eval(backend: str, device: str) -> None:
+    graph, _ = make_graph((40, 50), [("dropout", {"p": 0.25})])
+    net = compile(graph, device=device, backend=backend, seed=0)
+    x = torch.randn(2, 40, 50, device=device, requires_grad=True)
+    y = net.train()(x)
+    kept = y != 0
+    assert 0.70 < kept.float().mean().item() < 0.80  # 4000 draws of keep-probability 0.75
+    torch.testing.assert_close(y[kept], x[kept] / 0.75)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    assert torch.equal(net.eval()(x), x)
+
+
+def test_wrong_input_shape_is_rejected() -> None:
+    graph, _ = make_graph((3, 5), [("flatten", {}), ("linear", {"out_features": 2})])
+    net = compile(graph, device="cpu", backend="torch")
+    with pytest.raises(ValueError, match=r"expects input \(N, 3, 5\)"):
+        net(torch.randn(4, 15))
+
+
+def test_loss_matches_cross_entropy_on_both_backends(device: str) -> None:
+    graph, _ = make_graph((4,), [("linear", {"out_features": 5})])
+    logits = torch.randn(6, 5, device=device)
+    targets = torch.randint(0, 5, (6,), device=device)
+    want = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=0.1)
+    for backend in ("torch", "triton"):
+        net = compile(graph, device=device, backend=backend)
+        torch.testing.assert_close(net.loss(logits, targets, label_smoothing=0.1), want)
+
+
+def test_summary_and_netc_compile_entry_point() -> None:
+    graph, _ = make_graph((3, 5), [("flatten", {}), ("linear", {"out_features": 2})])
+    net = netc.compile(graph, device="cpu", backend="torch")
+    text = net.summary()
+    assert "linear" in text and "flatten" in text and "32" in text  # 15*2 + 2 parameters
+
+
