@@ -303,6 +303,14 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1.0:
+        return f"{seconds * 1000.0:.2f} ms"
+    return f"{seconds:.1f} s" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
 def _batch_note(report: Report) -> str:
     if report.batch == report.file_batch:
         return ""
@@ -321,11 +329,11 @@ def format_report(report: Report) -> str:
     for result in report.results:
         ratio = report.ratios.get(f"netc/{result.name}", 1.0 if result.name == "netc" else math.nan)
         lines.append(f"{result.name:<18}{result.backend:<9}{result.mode:<16}{result.median_ms:>10.3f}"
-                     f"{result.steps_per_s:>11.1f}{result.samples_per_s:>12.0f}{ratio:>9.2f}x")
+                     f"{result.steps_per_s:>11.4g}{result.samples_per_s:>12.4g}{ratio:>9.3g}x")
     lines.append(f"epoch ({report.epoch_steps} steps; data: {report.epoch_data}):")
     for result in report.results:
         ops = f", {result.device_ops} GPU ops per step" if result.device_ops is not None else ""
-        lines.append(f"  {result.name:<16}{result.epoch_s * 1000.0:>12.1f} ms ({result.epoch_how}{ops})")
+        lines.append(f"  {result.name:<16}{_duration(result.epoch_s):>12} ({result.epoch_how}{ops})")
     lines += ["optimizers: " + ", ".join(f"{r.name}={r.optimizer}" for r in report.results)]
     lines += [f"note: {r.name}: {r.note}" for r in report.results if r.note]
     lines += [f"skipped {name}: {why}" for name, why in report.skipped.items()]

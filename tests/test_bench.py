@@ -75,7 +75,7 @@ def test_bench_in_process_table() -> None:
     assert [r.name for r in report.results] == ["torch-eager"] and report.ratios == {}
     assert report.skipped["netc"] == "not asked for"
     text = bench.format_report(report)
-    assert "torch-eager" in text and "ms (estimated)" in text and "skipped netc: not asked for" in text
+    assert "torch-eager" in text and " (estimated)" in text and "skipped netc: not asked for" in text
     assert "batch 2 (the file says 100" in text
 
 
