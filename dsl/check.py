@@ -183,7 +183,7 @@ class _Checker:
                 self._error(statement.loc, "empty `repeat` body: put at least one layer inside")
             body = self._expanded(statement.body)
             count = self._repeat_count(statement)
-            if len(out) + count * len(body) > MAX_LAYERS:
+            if len(out) + count * max(len(body), 1) > MAX_LAYERS:
                 self._error(statement.loc, f"this `repeat` makes the net longer than {MAX_LAYERS} layers")
                 count = 1
             out.extend(body * count)
