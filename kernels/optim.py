@@ -1,29 +1,24 @@
 """Optimizers (SGD, Adam, AdamW): parameters and .grad -> parameters updated in place by one fused kernel.
 
 At construction every trainable parameter is copied into one flat buffer and
-its `.data` becomes a view into it; its `.grad` likewise becomes a view into
-one flat gradient buffer (autograd accumulates into an existing `.grad` in
-place), and the optimizer state (momentum_buffer, exp_avg, exp_avg_sq,
-max_exp_avg_sq) lives in flat buffers too. A step is then one kernel launch
-per parameter group over a contiguous range (one launch in all for the usual
-single group). Per-parameter `self.state` entries are views into the flat
-buffers with torch.optim's key names, so `state_dict()` / `load_state_dict()`
-round-trip with torch's layout, and LR schedulers and `clip_grad_norm_` work.
+its `.data` becomes a view into it; `.grad` becomes a view into one flat
+gradient buffer (autograd accumulates into an existing `.grad` in place), and
+the state (momentum_buffer, exp_avg, exp_avg_sq, max_exp_avg_sq) lives in
+flat buffers too. A step is one kernel launch per parameter group (one in all
+for the usual single group). `self.state` holds views with torch.optim's key
+names, so state_dict()/load_state_dict(), LR schedulers and clip_grad_norm_ work.
 
-Hyperparameters are read from `param_groups` at every step (so a scheduler's
-new lr takes effect) and passed as kernel scalars. Kernel float scalars are
-float32, so each value travels as a (hi, lo) float32 pair summed in the
-parameters' dtype: float64 parameters get ~1e-15 relative accuracy without a
-device tensor or a host sync. Adam's step count lives in CPU tensors (each
-parameter's state["step"], advanced together), never on the device.
-Being kernel scalars, they would be frozen by a CUDA-graph capture.
+Hyperparameters are read from `param_groups` at every step (a scheduler's lr
+takes effect) and passed as kernel scalars: each as a float32 (hi, lo) pair
+summed in the parameters' dtype, since kernel float arguments are float32, so
+float64 keeps ~1e-15 accuracy with no device tensor and no host sync. Adam's
+step counts are CPU tensors. Kernel scalars would be frozen by a CUDA graph.
 
-Differences from torch.optim, by design: `zero_grad` zeroes the flat gradient
-(it never sets grads to None), so a parameter that took no part in a backward
-is updated with a zero gradient; a parameter whose `.grad` is None at `step`
-raises NotImplementedError instead of being skipped. Parameters with
-requires_grad=False are left out and never updated. All trainable parameters
-must share one dtype (float32 or float64) and one device. No `tl.dot` here.
+By design, unlike torch.optim: `zero_grad` zeroes the flat gradient and never
+sets None, so a parameter absent from a backward gets a zero-gradient update;
+a `.grad` that is None at `step` raises NotImplementedError (torch skips it).
+requires_grad=False parameters are left out. All trainable parameters share
+one device and dtype (float32 or float64). No `tl.dot` here.
 """
 
 from __future__ import annotations
@@ -72,11 +67,7 @@ def _sqrt_div(num, den, DTYPE: tl.constexpr):
 @triton.jit
 def _div(num, den, DTYPE: tl.constexpr):
     """num / den, IEEE-rounded."""
-    if DTYPE == tl.float32:
-        out = tl.div_rn(num, den)
-    else:
-        out = num / den
-    return out
+    return tl.div_rn(num, den) if DTYPE == tl.float32 else num / den
 
 
 @triton.jit
@@ -201,6 +192,12 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 p.data = self._flat_param[offset : offset + numel].view_as(p)
                 p.grad = self._flat_grad[offset : offset + numel].view_as(p)
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's, while constructing; afterwards the flat buffers are fixed, so it is refused."""
+        if hasattr(self, "_flat_param"):
+            raise NotImplementedError(f"{type(self).__name__}: add_param_group after construction")
+        super().add_param_group(param_group)
+
     def _buffer(self, key: str) -> torch.Tensor:
         """The flat state buffer for `key`, zero-initialised on first use (as torch's zeros_like)."""
         if key not in self._flat_state:
@@ -219,10 +216,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
                     f"{type(self).__name__}: parameter {index} {tuple(p.shape)} has no gradient (None); "
                     "the flat-buffer step cannot skip single parameters"
                 )
+            if p.grad.is_sparse:
+                raise NotImplementedError(f"{type(self).__name__}: sparse gradients")
             flat_grad = self._flat_grad[offset : offset + numel]
             if p.grad.data_ptr() != flat_grad.data_ptr():
-                if p.grad.is_sparse:
-                    raise NotImplementedError(f"{type(self).__name__}: sparse gradients")
                 flat_grad.copy_(p.grad.reshape(-1))
                 p.grad = flat_grad.view_as(p)
 
@@ -308,8 +305,6 @@ class SGD(_FlatOptimizer):
 
     def _update(self, group_index: int, group: dict[str, Any], start: int, end: int) -> None:
         momentum = group["momentum"]
-        if group["nesterov"] and (momentum <= 0 or group["dampening"] != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         first_param = self._group_slots(group_index)[0][0]
         first = momentum != 0 and self.state[first_param].get("momentum_buffer") is None
         buffer = self._buffer("momentum_buffer") if momentum != 0 else self._flat_param
@@ -399,14 +394,7 @@ class AdamW(Adam):
     _DECOUPLED = True
 
     def __init__(
-        self,
-        params: _Params,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-        *,
-        maximize: bool = False,
+        self, params: _Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+        weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)

@@ -188,6 +188,8 @@ def test_rejections(device: str) -> None:
     with pytest.raises(ValueError, match="betas"):
         optim.Adam(model.parameters(), betas=(1.0, 0.9))
     opt = optim.Adam(model.parameters())
+    with pytest.raises(NotImplementedError, match="add_param_group"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, device=device))]})
     model[0].bias.grad = None
     with pytest.raises(NotImplementedError, match="no gradient"):
         opt.step()
