@@ -2,7 +2,7 @@
 
 Errors are measured relative to the reference's largest magnitude, so small
 entries near zero do not inflate them. Set NETC_ERROR_LOG=path to append one
-JSON line per comparison (name, dtype, error); `python -m tests.kernel_helpers_dense
+JSON line per comparison (name, dtype, error); `python tests/kernel_helpers_dense.py
 path` then prints the largest error per function.
 """
 
