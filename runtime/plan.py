@@ -123,31 +123,37 @@ def _attach_layer_hooks(network: Network, recorder: _Recorder) -> list[Any]:
     return handles
 
 
+def _training_step(network: Network, graph: Graph, batch: int, recorder: _Recorder) -> None:
+    """Forward, loss and backward on uninitialised inputs (values never matter: nothing runs)."""
+    x = torch.empty(batch, *graph.input_shape)
+    out = network.train()(x)
+    recorder.layer = "loss"
+    if len(graph.output_shape) == 1:
+        loss = network.loss(out, torch.zeros(batch, dtype=torch.long), graph.train.label_smoothing)
+    else:  # no classifier head: a plain sum stands in for the loss
+        loss = out.sum()
+    recorder.phase = "backward"
+    with warnings.catch_warnings():  # hooks on layers whose input needs no gradient (the first)
+        warnings.simplefilter("ignore", UserWarning)
+        loss.backward()
+
+
 def trace(graph: Graph, batch: int | None = None, target: str = "gpu") -> tuple[list[Launch], dict[str, Any]]:
     """Every launch of one training step at `batch` (default: the train block's), and the kernels used."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     batch = batch or graph.train.batch
-    network = Network(graph, "triton", torch.device("cpu"))  # never launched, so no device is needed
-    network.apply_fusions(find_fusions(graph.nodes))
     recorder = _Recorder()
-    handles = _attach_layer_hooks(network, recorder)
-    try:
-        with _intercept(recorder, _jit_types(), target), torch.random.fork_rng():
-            x = torch.empty(batch, *graph.input_shape)
-            out = network.train()(x)
-            recorder.layer = "loss"
-            if len(graph.output_shape) == 1:
-                loss = network.loss(out, torch.zeros(batch, dtype=torch.long), graph.train.label_smoothing)
-            else:  # no classifier head: a plain sum stands in for the loss
-                loss = out.sum()
-            recorder.phase = "backward"
-            with warnings.catch_warnings():  # hooks on layers whose input needs no gradient (the first)
-                warnings.simplefilter("ignore", UserWarning)
-                loss.backward()
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.random.fork_rng(devices=[]):  # building the net draws weights: leave the caller's RNG alone
+        network = Network(graph, "triton", torch.device("cpu"))  # never launched: no device needed
+        network.apply_fusions(find_fusions(graph.nodes))
+        handles = _attach_layer_hooks(network, recorder)
+        try:
+            with _intercept(recorder, _jit_types(), target):
+                _training_step(network, graph, batch, recorder)
+        finally:
+            for handle in handles:
+                handle.remove()
     return recorder.launches, recorder.kernels
 
 

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 import netc
 from netc.runtime import cli
@@ -113,3 +114,13 @@ def test_plan_of_residual_and_dropout_net() -> None:
 def test_is_jit_tells_kernels_from_plain_functions() -> None:
     activation = importlib.import_module("netc.kernels.activation")
     assert is_jit(activation._activation_fwd_kernel) and not is_jit(activation.relu)
+
+
+def test_trace_leaves_rng_and_launching_as_they_were(device: str) -> None:
+    graph = netc.parse(RESIDUAL_NET)
+    state = torch.get_rng_state()
+    trace(graph, 4)
+    assert torch.equal(torch.get_rng_state(), state)
+    activation = importlib.import_module("netc.kernels.activation")
+    x = torch.randn(37, device=device)
+    torch.testing.assert_close(activation.relu(x), torch.relu(x))  # kernels launch for real again
