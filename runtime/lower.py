@@ -3,8 +3,9 @@
 `compile` parses when given text, resolves the device and backend, seeds the
 RNG, builds one submodule per node ("0", "1", ...; a residual's body as
 "i.0", "i.1", ...) with PyTorch's initialisation in node order, then, on the
-Triton backend, applies the fusion pass (`find_fusions`, below). Weights are always drawn on the CPU
-and then moved, so a seed gives the same weights on every device and backend.
+Triton backend, applies the fusion pass (`find_fusions`, below). Weights are
+always drawn on the CPU and then moved, so a seed gives the same weights on
+every device and backend.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 
 from netc.dsl.errors import DataError
 from netc.dsl.ir import Graph, Node
-from netc.runtime.layers import Activation, build_layer
+from netc.runtime.layers import Activation, build_layer, kernel
 
 BACKENDS = ("triton", "torch")
 
@@ -30,7 +31,8 @@ BACKENDS = ("triton", "torch")
 # activation is applied in the GEMM epilogue, so its output makes no extra round trip through
 # memory. The activation's node keeps its place (its module becomes an identity), so layer names
 # and indices do not move. Nothing fuses across a residual boundary: x + body(x) sits between a
-# body's last layer and whatever follows it.
+# body's last layer and whatever follows it. A leaky_relu with a negative slope stays on its own:
+# the fused backward reads the derivative off the output's sign, which needs slope >= 0.
 
 FUSABLE_PRODUCERS = {"conv2d": "conv2d_act", "linear": "linear_act"}
 FUSABLE_ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu")
@@ -63,12 +65,16 @@ def find_fusions(nodes: Sequence[Node]) -> list[Fusion]:
     for node in nodes:
         if node.op == "residual":
             fusions.extend(find_fusions(node.body))
-        if previous is not None and previous.op in FUSABLE_PRODUCERS and node.op in FUSABLE_ACTIVATIONS:
+        if previous is not None and previous.op in FUSABLE_PRODUCERS and _fusable_activation(node):
             fusions.append(Fusion(previous, node))
             previous = None  # the activation is consumed; a second one after it stays on its own
         else:
             previous = node
     return fusions
+
+
+def _fusable_activation(node: Node) -> bool:
+    return node.op in FUSABLE_ACTIVATIONS and float(node.attrs.get("slope", 0.0)) >= 0.0
 
 
 def walk(nodes: Sequence[Node]) -> Iterator[Node]:
@@ -111,8 +117,6 @@ class Network(nn.Module):
         """Mean cross-entropy of (N, classes) logits against (N,) class indices."""
         if self.backend == "torch":
             return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-        from netc.runtime.layers import kernel
-
         return kernel("cross_entropy")(logits, targets, label_smoothing=label_smoothing)
 
     def summary(self) -> str:

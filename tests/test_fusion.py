@@ -38,6 +38,16 @@ def test_fusion_pass_fuses_exactly_conv_or_linear_then_activation() -> None:
     assert find_fusions(graph.nodes)[1].slope == 0.1
 
 
+def test_negative_leaky_slope_is_not_fused_and_still_right(device: str) -> None:
+    layers = [("linear", {"out_features": 5}), ("leaky_relu", {"slope": -0.3}),
+              ("linear", {"out_features": 2})]
+    graph, twin = make_graph((4,), layers)
+    assert find_fusions(graph.nodes) == []  # the fused backward reads the slope's sign off the output
+    net = compile(graph, device=device, backend="triton", seed=0)
+    twin.to(device).load_state_dict(net.state_dict())
+    run_both(net, twin.to(device), torch.randn(6, 4, device=device))
+
+
 def test_fused_network_runs_fused_kernels_and_equals_twin(
     monkeypatch: pytest.MonkeyPatch, device: str
 ) -> None:
