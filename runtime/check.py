@@ -73,13 +73,13 @@ def _tf32_enabled() -> bool:
 
 
 def _forward_backward(
-    module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None
+    module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor | None]]:
     """Output, input gradient and parameter gradients of one run (grads cleared first)."""
     module.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_(True)
     out = module(x)
-    out.backward(grad_out if grad_out is not None else torch.randn_like(out))
+    out.backward(grad_out)
     grads = {name: p.grad for name, p in module.named_parameters()}
     return out, x.grad, grads
 
@@ -117,7 +117,20 @@ def _check_dropout(node: Node, triton_layer: nn.Module, x: torch.Tensor) -> list
     got.backward(grad_out)
     want.backward(grad_out)
     return [compare(node.name, "output", got, want),
-            compare(node.name, "grad input", x_triton.grad, x_ref.grad)]
+            compare(node.name, "grad input", x_triton.grad, x_ref.grad),
+            _kept_fraction(node.name, kept, p)]
+
+
+def _kept_fraction(layer: str, kept: torch.Tensor, p: float) -> Comparison:
+    """The share of kept elements against 1 - p: absolute gap, and inf beyond 6 binomial sigmas.
+
+    Catches a mask that drops everything (which the comparisons above, built
+    from the kernel's own mask, would accept) without failing on chance.
+    """
+    count = kept.numel()
+    gap = abs(float(kept.mean()) - (1.0 - p)) if count else 0.0
+    bound = 6.0 * (p * (1.0 - p) / max(count, 1)) ** 0.5 + 1.0 / max(count, 1)
+    return Comparison(layer, "kept share vs 1-p", gap, 0.0 if gap <= bound else float("inf"))
 
 
 def check_network(graph: Graph, device: torch.device, batch: int) -> list[Comparison]:

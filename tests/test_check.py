@@ -136,7 +136,22 @@ def test_check_catches_a_wrong_dropout_scale(
     monkeypatch.setattr(dropout, "dropout", _perturbed(dropout.dropout, 0.9))
     assert cli.main(["check", small_file, "--device", device, "--batch", "2"]) == 1
     rows = _rows(capsys.readouterr().out, "layer 5 dropout")
-    assert rows["output"][2] == "FAIL"
+    assert rows["output"][2] == "FAIL" and rows["kept share vs 1-p"][2] == "ok"
+
+
+def test_check_catches_a_dropout_that_drops_everything(
+    small_file: str, device: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dropout = importlib.import_module("netc.kernels.dropout")
+    original = dropout.dropout
+
+    def drops_all(input: torch.Tensor, p: float = 0.5, training: bool = True, *args: Any, **kw: Any) -> Any:
+        return original(input, p, training, *args, **kw) * 0 if training else input
+
+    monkeypatch.setattr(dropout, "dropout", drops_all)
+    assert cli.main(["check", small_file, "--device", device, "--batch", "2"]) == 1
+    rows = _rows(capsys.readouterr().out, "layer 5 dropout")
+    assert rows["output"][2] == "ok" and rows["kept share vs 1-p"][2] == "FAIL"
 
 
 def test_compare_relative_error_is_meaningful_near_zero() -> None:
@@ -156,3 +171,12 @@ def test_check_reports_a_net_error_cleanly(tmp_path: Path, capsys: pytest.Captur
     assert cli.main(["check", str(path), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "bad.net:3:5: error:" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_check_on_cuda_without_a_gpu_is_a_clear_error(
+    tiny_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["check", tiny_file, "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --device cuda") and "Traceback" not in err
