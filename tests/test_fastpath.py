@@ -218,3 +218,21 @@ def test_triton_dropout_blocks_capture() -> None:
     assert "dropout" in capture_blocker(triton_net)
     assert capture_blocker(torch_net) == ""
     assert capture_blocker(_small_net("cpu")) == ""
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_netc_eager_step_never_syncs_with_the_host(device: str, optimizer: str) -> None:
+    """Forward, loss, backward and the fused optimizer: no .item() or other sync anywhere (CUDA only)."""
+    if device != "cuda":
+        pytest.skip("host syncs exist only with a CUDA device")
+    fast, fast_opt, _, _ = _netc_pair(device, optimizer)
+    x, y = torch.rand(5, 1, 28, 28, device=device), torch.randint(0, 10, (5,), device=device)
+    step = make_train_step(fast, fast_opt, fast.loss, (x, y), capture=False)
+    step(x, y)  # compiles the kernels first: compiling may sync, a step must not
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            step(x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
