@@ -163,3 +163,13 @@ def test_lexical_forms():
 def test_train_block_may_come_first_and_names_are_case_sensitive():
     graph = parse("train {\n    seed 3\n}\nnet Net_1 {\n    input [784]\n    linear 10\n}\n")
     assert graph.name == "Net_1" and graph.train.seed == 3 and graph.input_loc.line == 5
+
+
+def test_grammar_is_strict_lalr_without_conflicts():
+    """Built strict, Lark refuses shift/reduce conflicts and colliding terminals."""
+    pytest.importorskip("interegular")  # strict mode's collision check needs it
+    import lark
+
+    grammar = (ROOT / "dsl" / "grammar.lark").read_text()
+    parser = lark.Lark(grammar, parser="lalr", lexer="basic", strict=True, propagate_positions=True)
+    assert parser.parse(SPEC_RNN + "\n").data == "start"
