@@ -47,7 +47,10 @@ def parse_program(source: str, path: str = "<string>") -> ast.Program:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedInput as error:
         raise NetError(_syntax_diagnostic(error, text, path)) from None
-    return _ToAst(path, source).transform(tree)
+    try:
+        return _ToAst(path, source).transform(tree)
+    except lark.exceptions.VisitError as error:  # Lark wraps what a transformer raises: unwrap it
+        raise error.orig_exc from None
 
 
 class _ToAst(Transformer):

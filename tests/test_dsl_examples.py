@@ -173,3 +173,13 @@ def test_grammar_is_strict_lalr_without_conflicts():
     grammar = (ROOT / "dsl" / "grammar.lark").read_text()
     parser = lark.Lark(grammar, parser="lalr", lexer="basic", strict=True, propagate_positions=True)
     assert parser.parse(SPEC_RNN + "\n").data == "start"
+
+
+def test_parse_with_warnings_returns_graph_and_warnings_every_time():
+    from netc.dsl import parse_with_warnings
+
+    source = "net w {\n    input [784]\n    linear 10\n    tanh\n}\n"
+    for _ in range(2):  # the second call runs after netc.dsl.check is imported
+        result = parse_with_warnings(source, path="w.net")
+        assert result.graph.output_shape == (10,)
+        assert [(w.severity, w.loc.line) for w in result.warnings] == [("warning", 4)]
