@@ -82,9 +82,9 @@ environment() {
 }
 
 gpu_tests() {
-  # the kernel families, the recurrent suite and the fast path, compiled on the GPU
+  # the kernel families (recurrent included), the fast path, lowering and fusion, compiled on the GPU
   local files
-  files=$(ls tests/test_*.py | grep -E 'kernel|conv|pool|linear|activation|dropout|loss|optim|recurrent|rnn|fastpath')
+  files=$(ls tests/test_*.py | grep -E 'kernel|recurrent|rnn|fastpath|fusion|lower')
   echo "test files: $files"
   NETC_TEST_GPU=1 python3 -m pytest -q -p no:cacheprovider --durations=10 $files
 }
