@@ -139,13 +139,22 @@ SETTINGS = {
 @pytest.mark.parametrize("settings", SETTINGS.values(), ids=SETTINGS.keys())
 @pytest.mark.parametrize("stop_at", [3, 10])  # inside epoch 1, and at the end of epoch 2
 def test_resume_is_bit_identical(dataset: str, tmp_path: Path, settings: str, stop_at: int) -> None:
-    whole = make_trainer(dataset, str(tmp_path / "whole"), settings)
+    check_resume(dataset, tmp_path, settings, stop_at, "torch")
+
+
+def test_resume_on_the_triton_backend(dataset: str, tmp_path: Path) -> None:
+    # the interpreter is deterministic too, and the kernels' optimizer state must round-trip
+    check_resume(dataset, tmp_path, SETTINGS["adamw_cosine_clip_smoothing"], 7, "triton")
+
+
+def check_resume(dataset: str, tmp_path: Path, settings: str, stop_at: int, backend: str) -> None:
+    whole = make_trainer(dataset, str(tmp_path / "whole"), settings, backend=backend)
     whole.fit()
-    first = make_trainer(dataset, str(tmp_path / "split"), settings)
+    first = make_trainer(dataset, str(tmp_path / "split"), settings, backend=backend)
     first.stop_after = stop_at
     assert first.fit() is None
     torch.manual_seed(999)  # the resumed process starts from another RNG state
-    second = make_trainer(dataset, str(tmp_path / "split"), settings)
+    second = make_trainer(dataset, str(tmp_path / "split"), settings, backend=backend)
     second.restore(ckpt.load(str(tmp_path / "split")))
     assert second.state.step == stop_at
     second.fit()
