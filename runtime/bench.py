@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         resolve_target(device, "triton")  # chooses Triton's interpreter before any kernel loads
     # --compile, --batch and --contenders are read when the CLI defines them
     report = bench(graph, device, args.steps, bool(getattr(args, "compile", False)),
-                   getattr(args, "batch", None), getattr(args, "contenders", None))
+                   getattr(args, "batch", None), getattr(args, "contenders", None), progress=_progress)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -105,8 +106,13 @@ def bench(
     with_compile: bool = False,
     batch: int | None = None,
     only: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Report:
-    """Time every contender that applies to `device`; see the module docstring."""
+    """Time every contender that applies to `device`; see the module docstring.
+
+    `progress` gets one line per contender as it finishes, so a run cut
+    short (a timeout on the GPU machine) still leaves its numbers behind.
+    """
     on_cuda = device.type == "cuda"
     steps = steps or (CUDA_STEPS if on_cuda else CPU_STEPS)
     batch = batch or (graph.train.batch if on_cuda else min(graph.train.batch, CPU_BATCH))
@@ -131,13 +137,22 @@ def bench(
             result = _measure(contender, graph, device, inputs, (steps, report.warmup), images, labels)
         except Exception as error:  # one broken contender must not hide the others' numbers
             report.failed[contender.name] = f"{type(error).__name__}: {error}"
+            line = f"{contender.name}: FAILED {report.failed[contender.name]}"
         else:
             if images is None:
                 result.epoch_s, result.epoch_how = result.median_ms * report.epoch_steps / 1000.0, "estimated"
             report.results.append(result)
+            line = f"{contender.name}: {result.median_ms:.4g} ms/step ({result.mode}), epoch " \
+                f"{_duration(result.epoch_s)} ({result.epoch_how})"
+        if progress is not None:
+            progress(line)
         _release(device)
     report.ratios = ratios(report.results)
     return report
+
+
+def _progress(line: str) -> None:
+    print(f"bench: {line}", file=sys.stderr, flush=True)
 
 
 def _skip_reason(contender: Contender, on_cuda: bool, with_compile: bool, only: list[str] | None) -> str:
