@@ -53,53 +53,55 @@ def bind(what: str, args: Sequence[ast.Arg], specs: Sequence[ArgSpec], loc: Loc)
     """Match arguments to specs; return (name -> value, [ArgError]) with defaults filled in.
 
     `what` names the caller in messages (`conv2d`, `optimizer adam`). Values of arguments
-    that were wrong are left out of the dict; the caller stops at any error.
+    that were wrong are left out of the dict; the caller stops at any error. The dict
+    follows the specs' order, whatever the order of the arguments.
     """
-    by_name = {spec.name: spec for spec in specs}
-    positional = [spec for spec in specs if spec.positional]
+    matched, errors = _match(what, args, specs)
+    # A misspelled or misplaced argument most likely is the missing one: one message is enough.
+    misplaced = bool(errors)
     values: dict[str, Any] = {}
-    errors: list[ArgError] = []
-    seen_keyword: ast.Arg | None = None
-    given: set[str] = set()
-    index = 0
-    for arg in args:
-        if arg.name is None:
-            if seen_keyword is not None:
-                errors.append(ArgError(f"positional argument {arg.value.text()} after the keyword argument "
-                                       f"'{seen_keyword.name}': write positional arguments first", arg.loc))
-                continue
-            if index >= len(positional):
-                errors.append(ArgError(_too_many(what, positional), arg.loc))
-                continue
-            spec = positional[index]
-            index += 1
-        else:
-            seen_keyword = arg
-            if arg.name not in by_name:
-                hint = did_you_mean(arg.name, list(by_name)) if by_name else f" (`{what}` takes no arguments)"
-                errors.append(ArgError(f"unknown argument '{arg.name}' for `{what}`{hint}", arg.loc))
-                continue
-            spec = by_name[arg.name]
-            if spec.name in given:
-                errors.append(ArgError(f"argument '{spec.name}' given twice", arg.loc))
-                continue
-        given.add(spec.name)
+    for spec, value in matched:
         try:
-            values[spec.name] = convert(spec, arg.value)
+            values[spec.name] = convert(spec, value)
         except ArgError as error:
             errors.append(error)
-    # An unknown or misplaced argument most likely is the missing one: one message is enough.
-    misspelled = any("unknown argument" in e.message or "positional argument" in e.message for e in errors)
+    given = {spec.name for spec, _ in matched}
     for spec in specs:
-        if spec.name not in given and spec.name not in values:
-            if spec.default is REQUIRED and misspelled:
-                continue
-            if spec.default is REQUIRED:
-                errors.append(ArgError(_missing(what, spec), loc))
-            else:
-                values[spec.name] = spec.default
-    ordered = {spec.name: values[spec.name] for spec in specs if spec.name in values}  # the spec's order
-    return ordered, errors
+        if spec.name in given:
+            continue
+        if spec.default is not REQUIRED:
+            values[spec.name] = spec.default
+        elif not misplaced:
+            errors.append(ArgError(_missing(what, spec), loc))
+    return {spec.name: values[spec.name] for spec in specs if spec.name in values}, errors
+
+
+def _match(what: str, args: Sequence[ast.Arg], specs: Sequence[ArgSpec]) -> tuple[list, list[ArgError]]:
+    """Pair each argument with its spec: [(spec, value)], plus errors for those that fit none."""
+    by_name = {spec.name: spec for spec in specs}
+    positional = [spec for spec in specs if spec.positional]
+    matched: list[tuple[ArgSpec, ast.Value]] = []
+    errors: list[ArgError] = []
+    keyword: ast.Arg | None = None  # the first keyword argument seen
+    for arg in args:
+        if arg.name is None and keyword is not None:
+            errors.append(ArgError(f"positional argument {arg.value.text()} after the keyword argument "
+                                   f"'{keyword.name}': write positional arguments first", arg.loc))
+        elif arg.name is None and len(matched) >= len(positional):
+            errors.append(ArgError(_too_many(what, positional), arg.loc))
+        elif arg.name is None:
+            matched.append((positional[len(matched)], arg.value))
+        elif arg.name not in by_name:
+            keyword = keyword or arg
+            hint = did_you_mean(arg.name, list(by_name)) if by_name else f" (`{what}` takes no arguments)"
+            errors.append(ArgError(f"unknown argument '{arg.name}' for `{what}`{hint}", arg.loc))
+        elif any(spec.name == arg.name for spec, _ in matched):
+            keyword = keyword or arg
+            errors.append(ArgError(f"argument '{arg.name}' given twice", arg.loc))
+        else:
+            keyword = keyword or arg
+            matched.append((by_name[arg.name], arg.value))
+    return matched, errors
 
 
 def _too_many(what: str, positional: list[ArgSpec]) -> str:

@@ -1,4 +1,4 @@
-"""Checked program: source text or file -> ast.Program -> Graph (+ warnings), or NetError with every error.
+"""Source text or file -> ast.Program -> checked Graph (+ warnings), or NetError with every error.
 
 The checker resolves each layer in the op table, expands `repeat`, infers every shape
 and checks the train block. Errors are collected, sorted by position and cut after the
@@ -11,13 +11,12 @@ import os
 from dataclasses import dataclass, field
 
 from netc.dsl import ast
-from netc.dsl.args import ArgError, bind, did_you_mean
+from netc.dsl.args import bind, did_you_mean
 from netc.dsl.errors import Diagnostic, Loc, NetError
 from netc.dsl.ir import Graph, Node, Shape, TrainConfig
 from netc.dsl.ops import OPS, ShapeError, fmt_shape, numel
 from netc.dsl.parser import parse_program
 from netc.dsl.train import SETTINGS, check_train
-from netc.dsl.warn import find_warnings
 
 # dataset -> (values in one sample, classes); the packaged data and IDX files agree
 MAX_LAYERS = 100_000  # a bound on `repeat` expansion, so a typo cannot hang the checker
@@ -278,4 +277,39 @@ def _unknown_layer(name: str) -> str:
     return f"unknown layer '{name}'{hint}"
 
 
-__all__ = ["CheckResult", "check_file", "check_program", "parse_file", "read_source", "ArgError"]
+
+
+# --- warnings: legal programs that probably do not mean what they say ----------------------------
+
+_ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu")
+
+
+def find_warnings(graph: Graph) -> list[tuple[Loc, str]]:
+    """Every warning, in source order (each source line warned about once)."""
+    found: list[tuple[Loc, str]] = []
+    _walk(graph.nodes, found)
+    if graph.nodes:
+        last = graph.nodes[-1]
+        if last.op == "dropout":
+            found.append((last.loc, "`dropout` as the last layer zeroes logits at random in training; "
+                          "put it before the last `linear`"))
+        elif last.op in _ACTIVATIONS:
+            found.append((last.loc, f"the last layer `{last.op}` squashes the logits before "
+                          "cross_entropy; end with `linear` instead"))
+    unique = sorted(set(found), key=lambda item: (item[0].line, item[0].column, item[1]))
+    return unique
+
+
+def _walk(nodes: tuple[Node, ...], found: list[tuple[Loc, str]]) -> None:
+    previous: Node | None = None
+    for node in nodes:
+        if node.op in _ACTIVATIONS and previous is not None and previous.op in _ACTIVATIONS:
+            found.append((node.loc, f"`{node.op}` right after `{previous.op}`: two activations in a row "
+                          "are rarely wanted"))
+        if node.op == "flatten" and len(node.in_shape) == 1:
+            found.append((node.loc, "`flatten` on a vector does nothing; remove it"))
+        if node.op == "dropout" and node.attrs["p"] == 0:
+            found.append((node.loc, "`dropout 0` does nothing; remove it"))
+        if node.op == "residual":
+            _walk(node.body, found)
+        previous = node
