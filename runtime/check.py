@@ -6,12 +6,15 @@ batch of --batch) and the same random output gradient; then the whole
 network (fusions applied on the Triton side, eval mode) plus its loss. The
 error of a tensor is max|a - b| (absolute) and that divided by
 max(max|b|, 1e-6) (relative to the reference's scale, so it stays
-meaningful where the reference is near zero). Layers run in float32.
+meaningful where the reference is near zero). Layers run in float32; the
+PyTorch reference runs without TF32 (`full_float32`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +56,21 @@ def compare(layer: str, tensor: str, got: torch.Tensor | None, want: torch.Tenso
     abs_error = float((got - want).abs().nan_to_num(nan=float("inf")).max())  # a NaN reference fails too
     scale = max(float(want.abs().max()), SCALE_FLOOR)
     return Comparison(layer, tensor, abs_error, abs_error / scale)
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """PyTorch's reference without TF32: cuDNN convolutions and RNNs default to TF32 on the GPU.
+
+    Without this the reference itself is off by ~1e-3 relative on CUDA, and
+    an ieee-exact Triton kernel would fail against it.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def default_tolerance(device: torch.device) -> tuple[float, str]:
@@ -191,10 +209,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"netc check {graph.name}: triton vs torch on {device}, batch {args.batch}, "
           f"tolerance {tolerance:g} relative ({precision})")
     failures = 0
-    sections = [(_layer_title(node).format(batch=args.batch), check_layer(node, device, args.batch))
-                for node in walk(graph.nodes)]
-    whole = f"whole network {graph.name} (fused, eval mode) + loss"
-    sections.append((whole, check_network(graph, device, args.batch)))
+    with full_float32():
+        sections = [(_layer_title(node).format(batch=args.batch), check_layer(node, device, args.batch))
+                    for node in walk(graph.nodes)]
+        whole = f"whole network {graph.name} (fused, eval mode) + loss"
+        sections.append((whole, check_network(graph, device, args.batch)))
     for title, rows in sections:
         print(title)
         print(format_rows(rows, tolerance))

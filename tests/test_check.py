@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from netc.runtime import cli
-from netc.runtime.check import compare
+from netc.runtime.check import compare, full_float32
 
 SMALL_NET = """
 net small {
@@ -180,3 +180,10 @@ def test_check_on_cuda_without_a_gpu_is_a_clear_error(
     assert cli.main(["check", tiny_file, "--device", "cuda"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: --device cuda") and "Traceback" not in err
+
+
+def test_full_float32_turns_tf32_off_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    with full_float32():
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32

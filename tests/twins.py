@@ -9,6 +9,7 @@ from torch import nn
 
 from netc.dsl.errors import Loc
 from netc.dsl.ir import Graph, Node, TrainConfig
+from netc.runtime.check import full_float32
 
 LOC = Loc("<test>", 1, 1)
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -145,11 +146,13 @@ STACKS: dict[str, tuple[tuple[int, ...], list[tuple]]] = {
 def run_both(net: nn.Module, twin: nn.Module, x: torch.Tensor) -> None:
     """Same input, same output gradient: outputs, input gradients and every parameter gradient agree."""
     x_net, x_twin = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    out, want = net(x_net), twin(x_twin)
+    with full_float32():  # cuDNN's TF32 default would make the twin the inexact one on a GPU
+        out, want = net(x_net), twin(x_twin)
     torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
     grad_out = torch.randn_like(want)
-    out.backward(grad_out)
-    want.backward(grad_out)
+    with full_float32():
+        out.backward(grad_out)
+        want.backward(grad_out)
     torch.testing.assert_close(x_net.grad, x_twin.grad, rtol=1e-4, atol=1e-5)
     twin_params = dict(twin.named_parameters())
     for name, param in net.named_parameters():
