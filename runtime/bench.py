@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -338,13 +337,14 @@ def format_report(report: Report) -> str:
         f"netc bench {report.file}: net {report.net} on {report.device} ({report.device_name}), "
         f"batch {report.batch}{_batch_note(report)}, {report.steps} timed steps after {report.warmup} "
         f"warm-up, {report.timer}",
-        f"{'contender':<18}{'backend':<9}{'mode':<16}{'ms/step':>10}{'steps/s':>11}{'samples/s':>12}"
+        f"{'contender':<18}{'backend':<9}{'mode':<25}{'ms/step':>10}{'steps/s':>11}{'samples/s':>12}"
         f"{'netc is':>10}",
     ]
     for result in report.results:
-        ratio = report.ratios.get(f"netc/{result.name}", 1.0 if result.name == "netc" else math.nan)
-        lines.append(f"{result.name:<18}{result.backend:<9}{result.mode:<16}{result.median_ms:>10.3f}"
-                     f"{result.steps_per_s:>11.4g}{result.samples_per_s:>12.4g}{ratio:>9.3g}x")
+        ratio = report.ratios.get(f"netc/{result.name}", 1.0 if result.name == "netc" else None)
+        shown = f"{ratio:>9.3g}x" if ratio is not None else f"{'-':>10}"
+        lines.append(f"{result.name:<18}{result.backend:<9}{result.mode:<25}{result.median_ms:>10.3f}"
+                     f"{result.steps_per_s:>11.4g}{result.samples_per_s:>12.4g}{shown}")
     lines.append(f"epoch ({report.epoch_steps} steps; data: {report.epoch_data}):")
     for result in report.results:
         ops = f", {result.device_ops} GPU ops per step" if result.device_ops is not None else ""
