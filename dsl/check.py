@@ -32,17 +32,35 @@ class CheckResult:
     warnings: list[Diagnostic] = field(default_factory=list)
 
 
+class SourceFileError(NetError):
+    """A `.net` file that is missing or unreadable: no line to point at, so it renders `error: MESSAGE`."""
+
+    def __init__(self, message: str, path: str):
+        super().__init__(Diagnostic("error", message, Loc(path, 0, 0)))
+
+    def render(self) -> str:
+        return f"error: {self.message}"
+
+
+def read_file(path: str) -> str:
+    """The text of a `.net` file, or SourceFileError saying why not."""
+    if not os.path.isfile(path):
+        what = "is a directory, not a .net file" if os.path.isdir(path) else "does not exist"
+        raise SourceFileError(f"{path} {what}", path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SourceFileError(f"cannot read {path}: {error}", path) from None
+
+
 def read_source(path_or_source: str, path: str | None = None) -> tuple[str, str]:
     """(source text, path for messages): read the file if the string names one, else take it as source."""
     looks_like_path = "\n" not in path_or_source and "{" not in path_or_source
     if looks_like_path and "\0" not in path_or_source and os.path.isfile(path_or_source):
-        try:
-            with open(path_or_source, encoding="utf-8") as handle:
-                return handle.read(), path or path_or_source
-        except (OSError, UnicodeDecodeError) as error:
-            raise NetError(f"cannot read {path_or_source}: {error}", Loc(path_or_source, 0, 0)) from None
+        return read_file(path_or_source), path or path_or_source
     if looks_like_path and path_or_source.strip().endswith(".net"):
-        raise NetError(f"no such file: {path_or_source}", Loc(path_or_source, 0, 0))
+        raise SourceFileError(f"no such file: {path_or_source}", path_or_source)
     return path_or_source, path or "<string>"
 
 

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import sys
 
-from netc.dsl.check import CheckResult, check_program
-from netc.dsl.errors import Loc, NetError
+from netc.dsl.check import CheckResult, check_program, read_file
 from netc.dsl.parser import parse_program
 from netc.dsl.report import format_ast, format_ir, format_table, table_dict
-
-
-def _read(path: str) -> str:
-    if not os.path.isfile(path):
-        what = "is a directory, not a .net file" if os.path.isdir(path) else "does not exist"
-        raise NetError(f"{path} {what}", Loc(path, 0, 0))
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except (OSError, UnicodeDecodeError) as error:
-        raise NetError(f"cannot read {path}: {error}", Loc(path, 0, 0)) from None
 
 
 def _check(path: str, source: str) -> CheckResult:
@@ -46,11 +34,7 @@ def _emit_lowered(stage: str, result: CheckResult) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out `netc compile`; a NetError propagates to runtime.cli, which prints it and exits 1."""
-    try:
-        source = _read(args.file)
-    except NetError as error:
-        print(f"error: {error.message}", file=sys.stderr)
-        return 1
+    source = read_file(args.file)
     if args.emit == "ast":
         program = parse_program(source, args.file)
         print(json.dumps(_ast_dict(program), indent=2) if args.json else format_ast(program))
@@ -67,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _ast_dict(node: object) -> object:
     """A syntax tree as plain data: dataclasses become dicts tagged with their type."""
-    import dataclasses
-
     if dataclasses.is_dataclass(node) and not isinstance(node, type):
         fields = {f.name: _ast_dict(getattr(node, f.name)) for f in dataclasses.fields(node)}
         fields.pop("source", None)
