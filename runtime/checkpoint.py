@@ -143,9 +143,11 @@ def save(
 ) -> None:
     """Write a checkpoint to `target` atomically; `extras(tmpdir)` may add files (metrics, plots)."""
     target = os.path.abspath(target)
+    _recover(target)
     _check_target(target)
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
+    _remove_leftovers(parent, name)
     staging = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
     try:
         weights = {key: value.detach().contiguous().cpu() for key, value in model_state.items()}
@@ -186,6 +188,13 @@ def _swap_into_place(staging: str, target: str) -> None:
     _fsync_dir(parent)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def _remove_leftovers(parent: str, name: str) -> None:
+    """Staging and aside directories that a killed save left behind (after `_recover` took what it needs)."""
+    for entry in os.listdir(parent):
+        if entry.startswith((f".{name}.tmp-", f".{name}{_ASIDE}")):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
 def _recover(target: str) -> None:

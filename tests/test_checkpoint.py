@@ -151,6 +151,8 @@ def test_sigkill_during_saves_leaves_a_whole_checkpoint(tmp_path: Path, delay: f
     loaded = ckpt.load(str(target))
     counter = loaded.meta["counter"]
     assert counter >= 1 and torch.equal(loaded.model["w"], torch.full((400_000,), counter))
+    _save_counter(target, counter + 1)  # the next save clears what the killed one left behind
+    assert os.listdir(tmp_path) == ["run"] and ckpt.load(str(target)).meta["counter"] == counter + 1
 
 
 def test_missing_and_damaged_checkpoints_are_refused(tmp_path: Path) -> None:
