@@ -48,7 +48,7 @@ class _Recorder:
         self.layer = "input"
         self.phase = "forward"
         self.launches: list[Launch] = []
-        self.kernels: dict[str, Any] = {}  # name -> the jit object, in first-launch order
+        self.kernels: dict[str, Any] = {}  # "module.name" -> the jit object, in first-launch order
 
     def record(self, kernel: Any, grid: Any, args: tuple, kwargs: dict[str, Any]) -> None:
         fn = kernel.fn
@@ -57,7 +57,7 @@ class _Recorder:
         grid = tuple(grid(bound) if callable(grid) else grid)
         blocks = {k: v for k, v in bound.items() if re.match(r"(BLOCK|GROUP)", k) and isinstance(v, int)}
         blocks.update(options)
-        self.kernels.setdefault(fn.__name__, kernel)
+        self.kernels.setdefault(_qualified(kernel), kernel)
         self.launches.append(Launch(self.layer, self.phase, fn.__name__, fn.__module__, grid, blocks,
                                     launch_bytes(bound), launch_flops(fn.__name__, bound, grid)))
 
@@ -285,20 +285,23 @@ def format_triton(graph: Graph, batch: int | None = None) -> str:
     launches, kernels = trace(graph, batch, "gpu")
     users: dict[str, list[str]] = {}
     for launch in launches:
-        users.setdefault(launch.kernel, [])
-        if launch.layer not in users[launch.kernel]:
-            users[launch.kernel].append(launch.layer)
+        layers = users.setdefault(f"{launch.module}.{launch.kernel}", [])
+        if launch.layer not in layers:
+            layers.append(launch.layer)
     sections = [f"# Triton kernels of net {graph.name} ({len(kernels)} launched, helpers after each)"]
     seen: set[str] = set()
-    for name, kernel in kernels.items():
-        layers = ", ".join(users[name])
-        sections.append(f"# ---- {kernel.fn.__module__}.{name}  (layers: {layers})")
+    for qualified, kernel in kernels.items():
+        sections.append(f"# ---- {qualified}  (layers: {', '.join(users[qualified])})")
         sections.append(inspect.getsource(kernel.fn).rstrip())
-        seen.add(name)
+        seen.add(qualified)
         for helper in _helpers(kernel, seen):
-            sections.append(f"# ---- {helper.fn.__module__}.{helper.fn.__name__}  (called by {name})")
+            sections.append(f"# ---- {_qualified(helper)}  (called by {kernel.fn.__name__})")
             sections.append(inspect.getsource(helper.fn).rstrip())
     return "\n\n".join(sections) + "\n"
+
+
+def _qualified(jit_function: Any) -> str:
+    return f"{jit_function.fn.__module__}.{jit_function.fn.__name__}"
 
 
 def _helpers(kernel: Any, seen: set[str]) -> list[Any]:
@@ -306,10 +309,10 @@ def _helpers(kernel: Any, seen: set[str]) -> list[Any]:
     found = []
     source = inspect.getsource(kernel.fn)
     for name, value in kernel.fn.__globals__.items():
-        if name in seen or not is_jit(value):
+        if not is_jit(value) or _qualified(value) in seen:
             continue
         if re.search(rf"\b{re.escape(name)}\s*\(", source):
-            seen.add(name)
+            seen.add(_qualified(value))
             found.append(value)
             found.extend(_helpers(value, seen))
     return found

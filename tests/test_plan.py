@@ -50,7 +50,8 @@ def test_lenet_plan_launches_fused_kernels_with_consistent_grids() -> None:
     assert sorted(by_layer["4 backward"]) == sorted(
         ["_activation_bwd_kernel", "_linear_gemm_kernel", "_linear_gemm_kernel", "_bias_grad_kernel"])
     assert by_layer["loss forward"] == ["_cross_entropy_fwd_kernel"]
-    assert "_activation_fwd_kernel" not in kernels  # both relus are fused away
+    assert "netc.kernels.conv._conv2d_fwd_kernel" in kernels
+    assert "netc.kernels.activation._activation_fwd_kernel" not in kernels  # both relus are fused away
 
     conv = next(x for x in launches if x.kernel == "_conv2d_fwd_kernel")
     rows = 100 * 24 * 24  # N * OH * OW output pixels
@@ -124,3 +125,11 @@ def test_trace_leaves_rng_and_launching_as_they_were(device: str) -> None:
     activation = importlib.import_module("netc.kernels.activation")
     x = torch.randn(37, device=device)
     torch.testing.assert_close(activation.relu(x), torch.relu(x))  # kernels launch for real again
+
+
+def test_listing_keeps_same_named_helpers_of_different_modules() -> None:
+    graph = netc.parse("net t {\n    input [28, 28]\n    rnn 16\n    tanh\n    linear 10\n}\n")
+    headers = [line for line in format_triton(graph, 4).splitlines() if line.startswith("# ---- ")]
+    assert any(".recurrent" in line and "._tanh " in line for line in headers)  # the cell's tanh
+    assert any("netc.kernels.activation._tanh " in line for line in headers)  # the tanh layer's
+    assert len(headers) == len(set(headers))
