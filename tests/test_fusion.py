@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from typing import Any
 
 import pytest
@@ -151,5 +152,13 @@ def test_summary_and_netc_compile_entry_point() -> None:
     net = netc.compile(graph, device="cpu", backend="torch")
     text = net.summary()
     assert "linear" in text and "flatten" in text and "32" in text  # 15*2 + 2 parameters
+
+
+def test_summary_falls_back_without_the_report_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    graph, _ = make_graph((3, 5), [("flatten", {}), ("linear", {"out_features": 2})])
+    net = compile(graph, device="cpu", backend="torch")
+    monkeypatch.setitem(sys.modules, "netc.dsl.report", None)  # importing it now raises ImportError
+    text = net.summary()
+    assert "total parameters 32" in text and "linear" in text
 
 
