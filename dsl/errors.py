@@ -27,8 +27,10 @@ class Diagnostic:
         head = f"{self.loc.path}:{self.loc.line}:{self.loc.column}: {self.severity}: {self.message}"
         if not self.source_line:
             return head
-        line = self.source_line.rstrip("\n").expandtabs(4)
-        caret = " " * (4 + max(self.loc.column - 1, 0)) + "^"
+        raw = self.source_line.rstrip("\n")
+        line = raw.expandtabs(4)
+        # the caret goes under the column's character once tabs are expanded, as the line is shown
+        caret = " " * (4 + len(raw[: max(self.loc.column - 1, 0)].expandtabs(4))) + "^"
         return f"{head}\n    {line}\n{caret}"
 
 

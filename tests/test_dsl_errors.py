@@ -279,3 +279,11 @@ def test_warnings_do_not_stop_and_are_rendered():
         "put it before the last `linear`\n        dropout 0.5\n        ^"]
     assert result.graph.output_shape == (10,)
     assert check_file(_net(*_VECTOR, "linear 10")).warnings == []
+
+
+def test_caret_stays_under_the_column_in_tab_indented_files():
+    with pytest.raises(NetError) as caught:
+        parse("net a {\n\tinput [784]\n\tlinar 10\n}\n", path="t.net")
+    head, line, caret = str(caught.value).splitlines()
+    assert head.startswith("t.net:3:2: error: unknown layer 'linar'")
+    assert line.index("linar") == caret.index("^")
