@@ -184,6 +184,8 @@ class _Recurrent:
 
 
 class RNN(_Recurrent, nn.RNN):
+    """rnn (tanh or relu), batch first; parameters named and drawn as torch.nn.RNN's."""
+
     def __init__(self, node: Node, backend: str) -> None:
         a = node.attrs
         nn.RNN.__init__(self, node.in_shape[-1], a["hidden"], num_layers=a["layers"],
@@ -195,6 +197,8 @@ class RNN(_Recurrent, nn.RNN):
 
 
 class LSTM(_Recurrent, nn.LSTM):
+    """lstm, batch first, gate order i, f, g, o as torch.nn.LSTM."""
+
     def __init__(self, node: Node, backend: str) -> None:
         a = node.attrs
         nn.LSTM.__init__(self, node.in_shape[-1], a["hidden"], num_layers=a["layers"],
@@ -206,6 +210,8 @@ class LSTM(_Recurrent, nn.LSTM):
 
 
 class GRU(_Recurrent, nn.GRU):
+    """gru, batch first, gate order r, z, n as torch.nn.GRU."""
+
     def __init__(self, node: Node, backend: str) -> None:
         a = node.attrs
         nn.GRU.__init__(self, node.in_shape[-1], a["hidden"], num_layers=a["layers"],
