@@ -109,7 +109,7 @@ class _Checker:
             self.shape_known = False
 
     def _diagnostic(self, severity: str, loc: Loc, message: str) -> Diagnostic:
-        line = self.lines[loc.line - 1] if 0 < loc.line <= len(self.lines) else ""
+        line = self.lines[loc.line - 1].rstrip("\r") if 0 < loc.line <= len(self.lines) else ""
         return Diagnostic(severity, message, loc, line)
 
     def _diagnostics(self) -> list[Diagnostic]:

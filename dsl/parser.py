@@ -147,7 +147,7 @@ def _syntax_diagnostic(error: lark.exceptions.UnexpectedInput, text: str, path: 
         message = f"unexpected {_describe_token(error.token)} after `}}`: `}}` must end its line"
     elif kind == "RBRACE" and "_NL" in _accepted(error):
         message = "unexpected `}`: put `}` on a line of its own"
-    source_line = lines[line - 1] if 0 < line <= len(lines) else ""
+    source_line = lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else ""
     return Diagnostic("error", message, Loc(path, line, max(column, 1)), source_line)
 
 

@@ -287,3 +287,12 @@ def test_caret_stays_under_the_column_in_tab_indented_files():
     head, line, caret = str(caught.value).splitlines()
     assert head.startswith("t.net:3:2: error: unknown layer 'linar'")
     assert line.index("linar") == caret.index("^")
+
+
+def test_crlf_files_render_without_carriage_returns():
+    with pytest.raises(NetError) as caught:
+        parse("net a {\r\n    input [784]\r\n    linar 10\r\n}\r\n", path="w.net")
+    assert "\r" not in str(caught.value) and caught.value.line == 3
+    with pytest.raises(NetError) as caught:
+        parse("net a {\r\n    input [784] =\r\n}\r\n", path="w.net")
+    assert "\r" not in str(caught.value) and (caught.value.line, caught.value.column) == (2, 17)
