@@ -218,9 +218,11 @@ def run(args: argparse.Namespace) -> int:
         print(title)
         print(format_rows(rows, tolerance))
         failures += sum(row.rel_error > tolerance for row in rows)
-    total = sum(len(rows) for _, rows in sections)
+    every = [row for _, rows in sections for row in rows]
+    worst = max(every, key=lambda row: row.rel_error)
+    print(f"largest relative error {worst.rel_error:.3e}: layer {worst.layer}, {worst.tensor}")
     if failures:
-        print(f"FAILED: {failures} of {total} tensors exceed the tolerance {tolerance:g}")
+        print(f"FAILED: {failures} of {len(every)} tensors exceed the tolerance {tolerance:g}")
         return 1
-    print(f"ok: all {total} tensors within {tolerance:g}")
+    print(f"ok: all {len(every)} tensors within {tolerance:g}")
     return 0

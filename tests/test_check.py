@@ -83,6 +83,9 @@ def test_check_passes_on_a_small_file(
     assert {"output", "loss", "grad input", "grad 0.weight", "grad 6.0.weight", "grad 7.bias"} <= set(whole)
     assert all(verdict == "ok" and rel <= 1e-4 for _, rel, verdict in whole.values())
     assert out.rstrip().endswith("within 0.0001")
+    every_rel = [float(line.split()[-2]) for line in out.splitlines() if line.endswith((" ok", " FAIL"))]
+    assert len(every_rel) == int(out.split("ok: all ")[1].split()[0])  # every tensor has a row
+    assert f"largest relative error {max(every_rel):.3e}:" in out
 
 
 def _perturbed(original: Any, factor: float) -> Any:
