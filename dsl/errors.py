@@ -29,9 +29,9 @@ class Diagnostic:
             return head
         raw = self.source_line.rstrip("\n")
         line = raw.expandtabs(4)
-        # the caret goes under the column's character once tabs are expanded, as the line is shown
-        caret = " " * (4 + len(raw[: max(self.loc.column - 1, 0)].expandtabs(4))) + "^"
-        return f"{head}\n    {line}\n{caret}"
+        # the line as written (tabs expanded), the caret under the column's character
+        caret = " " * len(raw[: max(self.loc.column - 1, 0)].expandtabs(4)) + "^"
+        return f"{head}\n{line}\n{caret}"
 
 
 class NetError(Exception):

@@ -95,7 +95,7 @@ def test_broken_files_exit_1_with_the_rendered_error(netc, files, name):
     lines = result.stderr.splitlines()
     assert lines[0] == BROKEN[name][1]
     column = int(lines[0].split(":")[2])
-    assert lines[2] == " " * (4 + column - 1) + "^"  # the caret under the column of the quoted line
+    assert lines[2] == " " * (column - 1) + "^"  # the caret under the column of the quoted line
 
 
 def test_json_table_and_a_broken_file_through_the_installed_command(files):

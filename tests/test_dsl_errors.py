@@ -201,10 +201,10 @@ def test_rendered_text_matches_the_spec_example():
               "    maxpool 2\n    flatten\n    linear 10\n}\n")
     with pytest.raises(NetError) as caught:
         parse(source, path="lenet.net")
-    # Diagnostic.render indents the quoted line by 4 and puts the caret under its column
+    # exactly the spec's example: the line as written, the caret under its column
     assert str(caught.value) == ("lenet.net:6:5: error: unknown layer 'maxpool' (did you mean 'maxpool2d'?)\n"
-                                 "        maxpool 2\n"
-                                 "        ^")
+                                 "    maxpool 2\n"
+                                 "    ^")
     error = caught.value
     assert (error.path, error.line, error.column) == ("lenet.net", 6, 5)
     assert error.message == "unknown layer 'maxpool' (did you mean 'maxpool2d'?)"
@@ -215,8 +215,8 @@ def test_rendered_syntax_error_points_under_the_token():
         parse(_net(*_VECTOR, "linear 10 ="), path="x.net")
     expected_head = "x.net:3:15: error: unexpected `=`: expected an argument or the end of the line\n"
     assert str(caught.value) == (expected_head +
-                                 "        linear 10 =\n"
-                                 "                  ^")
+                                 "    linear 10 =\n"
+                                 "              ^")
 
 
 def test_rendered_shape_error_and_the_shape_it_got():
@@ -224,8 +224,8 @@ def test_rendered_shape_error_and_the_shape_it_got():
         parse(_net(*_IMAGE, "linear 10"), path="x.net")
     assert str(caught.value).splitlines() == [
         "x.net:3:5: error: `linear` needs [F] or [T, F], got [1, 28, 28]; add `flatten` before it",
-        "        linear 10",
-        "        ^"]
+        "    linear 10",
+        "    ^"]
 
 
 def test_several_errors_in_source_order_across_net_and_train():
@@ -274,9 +274,9 @@ def test_warnings_do_not_stop_and_are_rendered():
     rendered = [warning.render() for warning in result.warnings]
     assert rendered == [
         "w.net:4:5: warning: `relu` right after `relu`: two activations in a row are rarely wanted\n"
-        "        relu\n        ^",
+        "    relu\n    ^",
         "w.net:6:5: warning: `dropout` as the last layer zeroes logits at random in training; "
-        "put it before the last `linear`\n        dropout 0.5\n        ^"]
+        "put it before the last `linear`\n    dropout 0.5\n    ^"]
     assert result.graph.output_shape == (10,)
     assert check_file(_net(*_VECTOR, "linear 10")).warnings == []
 
