@@ -29,6 +29,7 @@ import torch
 
 from netc.dsl.ir import Graph
 from netc.runtime.bench_contenders import CONTENDERS, Contender, build_contender
+from netc.runtime.fastpath import StepSequence, TrainStep
 
 CUDA_STEPS, CUDA_WARMUP = 200, 25  # reduce-overhead records its graphs in the first warm-up calls
 CPU_STEPS, CPU_WARMUP = 3, 1
@@ -49,6 +50,7 @@ class Result:
     steps_per_s: float
     samples_per_s: float
     epoch_s: float | None = None
+    epoch_graph_s: float | None = None  # the same epoch as one CUDA graph (fastpath.StepSequence)
     epoch_how: str = ""  # "measured" or "estimated" (steps per epoch x median step)
     device_ops: int | None = None  # kernels + copies + memsets the profiler saw in one step (CUDA)
     note: str = ""
@@ -186,6 +188,11 @@ def _measure(
         result.epoch_s = time_epoch(runner, images, labels, inputs[0][0].shape[0])
         result.epoch_how = "measured"
         result.device_ops = count_device_ops(runner.step, *inputs[0])
+        if runner.fast is not None and runner.fast.mode == "graph":
+            try:
+                result.epoch_graph_s = time_epoch_graph(runner.fast, images, labels)
+            except Exception as error:  # an extra: the per-step numbers above stand without it
+                result.note = "; ".join(filter(None, [result.note, f"whole-epoch graph failed: {error}"]))
     return result
 
 
@@ -243,6 +250,25 @@ def time_epoch(runner: Any, images: torch.Tensor, labels: torch.Tensor, batch: i
     end.record()
     torch.cuda.synchronize(images.device)
     return start.elapsed_time(end) / 1000.0
+
+
+def time_epoch_graph(step: TrainStep, images: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Seconds of one epoch captured whole as a graph (best of 3 replays; the capture untimed)."""
+    batch = step.static_x.shape[0]
+    count = images.shape[0] // batch
+    sequence = StepSequence(step, images, labels, count)
+    if not sequence.captured:
+        return None
+    times = []
+    for _ in range(3):
+        order = torch.randperm(images.shape[0], device=images.device)[: count * batch]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        sequence.run(order)
+        end.record()
+        torch.cuda.synchronize(images.device)
+        times.append(start.elapsed_time(end) / 1000.0)
+    return min(times)
 
 
 def ratios(results: list[Result]) -> dict[str, float]:
@@ -348,6 +374,8 @@ def format_report(report: Report) -> str:
     lines.append(f"epoch ({report.epoch_steps} steps; data: {report.epoch_data}):")
     for result in report.results:
         ops = f", {result.device_ops} GPU ops per step" if result.device_ops is not None else ""
+        if result.epoch_graph_s is not None:
+            ops += f"; {_duration(result.epoch_graph_s)} as one CUDA graph"
         lines.append(f"  {result.name:<16}{_duration(result.epoch_s):>12} ({result.epoch_how}{ops})")
     lines += ["optimizers: " + ", ".join(f"{r.name}={r.optimizer}" for r in report.results)]
     lines += [f"note: {r.name}: {r.note}" for r in report.results if r.note]

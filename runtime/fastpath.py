@@ -267,3 +267,67 @@ def run_epoch(
         # sample-weighted, one launch; it reads the graph's loss before the next replay overwrites it
         total.add_(loss, alpha=min(batch, order.shape[0] - begin))
     return total
+
+
+class StepSequence:
+    """`count` training steps as one CUDA graph: step k trains on images[index[k*B:(k+1)*B]].
+
+    `run(index) -> loss sum` replays them all at once, so the host does
+    nothing per step: a whole epoch can be one launch. It shares the
+    TrainStep's warm-up, input buffers and settings watch; when that step
+    runs eagerly (the CPU, or a capture blocker), the same steps run eagerly
+    here, one after another. The returned sum (sample-weighted, a device
+    tensor) is overwritten by the next run.
+    """
+
+    def __init__(self, step: TrainStep, images: torch.Tensor, labels: torch.Tensor, count: int) -> None:
+        self.step, self.images, self.labels, self.count = step, images, labels, count
+        self.batch = step.static_x.shape[0]
+        self.index = torch.zeros(count * self.batch, dtype=torch.int64, device=images.device)
+        self.total = torch.zeros((), device=images.device)  # float32 loss sum of the run
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._hyper: tuple[Any, ...] = ()
+        self.reason = "" if step.mode == "graph" else f"eager like its step: {step.reason}"
+        if step.mode == "graph":
+            self._capture()
+
+    @property
+    def captured(self) -> bool:
+        """True when a run replays one graph (False: the steps run eagerly)."""
+        return self._graph is not None
+
+    def _body(self) -> None:
+        step, batch = self.step, self.batch
+        self.total.zero_()
+        for k in range(self.count):
+            index = self.index[k * batch:(k + 1) * batch]
+            torch.index_select(self.images, 0, index, out=step.static_x)
+            torch.index_select(self.labels, 0, index, out=step.static_y)
+            self.total.add_(step._eager_step(step.static_x, step.static_y), alpha=batch)
+
+    def _capture(self) -> None:
+        self._graph = None
+        self.step.optimizer.zero_grad(set_to_none=True)  # fresh grads from this graph's pool
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._body()
+        except Exception as error:  # as for a single step: say why and run eagerly
+            self.reason = f"capture failed: {error}"
+            self.step.optimizer.zero_grad(set_to_none=True)
+            return
+        self._graph, self._hyper = graph, hyperparameters(self.step.optimizer)
+
+    def run(self, index: torch.Tensor) -> torch.Tensor:
+        """Train on the `count` batches that `index` ((count * batch,) int64, on the device) picks."""
+        self.index.copy_(index)
+        if self._graph is None:
+            self._body()
+            return self.total
+        if hyperparameters(self.step.optimizer) != self._hyper:
+            self._capture()  # a new lr: the graph holds the old one
+            if self._graph is None:
+                self._body()
+                return self.total
+        self._graph.replay()
+        return self.total

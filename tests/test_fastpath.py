@@ -236,3 +236,24 @@ def test_netc_eager_step_never_syncs_with_the_host(device: str, optimizer: str) 
             step(x, y)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_step_sequence_equals_plain_steps(device: str) -> None:
+    """Three steps as one graph on CUDA (eagerly on the CPU), run twice, then with a new lr."""
+    from netc.runtime.fastpath import StepSequence
+
+    fast, fast_opt, plain, plain_opt = _pair(device, _sgd)
+    images = torch.randn(20, 1, 9, 9, device=device)
+    labels = torch.randint(0, 5, (20,), device=device)
+    step = make_train_step(fast, fast_opt, F.cross_entropy, (images[:6], labels[:6]))
+    sequence = StepSequence(step, images, labels, count=3)
+    assert sequence.captured == (device == "cuda"), sequence.reason
+    for run in range(3):
+        if run == 2:
+            for group in (*fast_opt.param_groups, *plain_opt.param_groups):
+                group["lr"] = 0.02
+        order = torch.randperm(20, device=device)[:18]
+        expected = sum(_plain_step(plain, plain_opt, images[order[k:k + 6]], labels[order[k:k + 6]]) * 6
+                       for k in range(0, 18, 6))
+        assert float(sequence.run(order)) == pytest.approx(expected, rel=1e-5)
+        _assert_same_state(fast, plain, fast_opt, plain_opt)
