@@ -210,7 +210,9 @@ def count_device_ops(step: Any, images: torch.Tensor, labels: torch.Tensor) -> i
         with profile(activities=[ProfilerActivity.CUDA]) as profiler:
             step(images, labels)
             torch.cuda.synchronize()
-        return sum(1 for event in profiler.events() if event.device_type == DeviceType.CUDA)
+        # GPU-side events only, without the GPU timeline's copies of record_function ranges
+        on_gpu = [event for event in profiler.events() if event.device_type == DeviceType.CUDA]
+        return sum(1 for event in on_gpu if not getattr(event, "is_user_annotation", False))
     except Exception:  # the profiler is a diagnostic: its absence must not fail the bench
         return None
 
