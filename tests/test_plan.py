@@ -69,11 +69,12 @@ def test_plan_follows_the_target_launch_settings() -> None:
     graph = netc.parse(LENET)
     gpu = {x.kernel: x.blocks for x in trace(graph, 10, "gpu")[0]}
     interpreter = {x.kernel: x.blocks for x in trace(graph, 10, "interpreter")[0]}
-    pool = importlib.import_module("netc.kernels.pool")
-    assert gpu["_max_pool2d_fwd_kernel"]["BLOCK"] != interpreter["_max_pool2d_fwd_kernel"]["BLOCK"]
+    assert gpu["_activation_bwd_kernel"]["BLOCK"] != interpreter["_activation_bwd_kernel"]["BLOCK"]
     config = importlib.import_module("netc.kernels.config")
+    linear = importlib.import_module("netc.kernels.linear")
     here = interpreter if config.interpreting() else gpu  # the settings come from the launcher's own helper
-    assert here["_max_pool2d_fwd_kernel"]["BLOCK"] == pool._launch_config()[0]
+    assert {k: here["_linear_gemm_kernel"][k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")} == {
+        k: linear.launch_config()[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
     with pytest.raises(ValueError, match="target"):
         trace(graph, 10, "tpu")
 
