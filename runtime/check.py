@@ -2,8 +2,9 @@
 
 Each layer is built twice (Triton and torch backends, the same parameters),
 run forward and backward on the same random input of its in_shape (with the
-batch of --batch) and the same random output gradient; then the whole
-network (fusions applied on the Triton side, eval mode) plus its loss. The
+batch of --batch) and the same random output gradient; then each fused
+pair (conv2d_act / linear_act against the two PyTorch layers); then the
+whole network (fusions applied on the Triton side, eval mode) plus its loss. The
 error of a tensor is max|a - b| (absolute) and that divided by
 max(max|b|, 1e-6) (relative to the reference's scale, so it stays
 meaningful where the reference is near zero). Layers run in float32; the
@@ -22,7 +23,7 @@ from torch import nn
 
 from netc.dsl.ir import Graph, Node
 from netc.runtime.layers import build_layer
-from netc.runtime.lower import Network, compile, resolve_target, walk
+from netc.runtime.lower import Fusion, Network, compile, find_fusions, fold, resolve_target, walk
 
 # Default largest relative error: float32 with ieee dots differs from PyTorch only by summation order.
 TOLERANCE_IEEE = 1e-4
@@ -111,14 +112,34 @@ def check_layer(node: Node, device: torch.device, batch: int) -> list[Comparison
     x = torch.randn(batch, *node.in_shape, device=device)
     if node.op == "dropout":
         return _check_dropout(node, triton_layer, x)
-    reference.eval()
-    triton_layer.eval()
     grad_out = torch.randn(batch, *node.out_shape, device=device)
+    return _compare_runs(node.name, reference.eval(), triton_layer.eval(), x, grad_out)
+
+
+def check_fusion(fusion: Fusion, device: torch.device, batch: int) -> list[Comparison]:
+    """A fused pair (conv2d_act / linear_act) against PyTorch's two separate layers."""
+    torch.manual_seed(SEED)
+    pair = (fusion.producer, fusion.activation)
+    reference = nn.Sequential(*(build_layer(node, "torch") for node in pair)).to(device).eval()
+    fused = nn.Sequential(*(build_layer(node, "triton") for node in pair)).to(device).eval()
+    fused.load_state_dict(reference.state_dict())
+    fold(fusion, fused[0], fused[1])
+    x = torch.randn(batch, *fusion.producer.in_shape, device=device)
+    grad_out = torch.randn(batch, *fusion.activation.out_shape, device=device)
+    label = f"{fusion.producer.name}+{fusion.activation.name}"
+    return _compare_runs(label, reference, fused, x, grad_out)
+
+
+def _compare_runs(
+    label: str, reference: nn.Module, candidate: nn.Module, x: torch.Tensor, grad_out: torch.Tensor
+) -> list[Comparison]:
+    """Output, input gradient and each parameter gradient of `candidate` against `reference`."""
     want_out, want_dx, want_grads = _forward_backward(reference, x, grad_out)
-    got_out, got_dx, got_grads = _forward_backward(triton_layer, x, grad_out)
-    rows = [compare(node.name, "output", got_out, want_out),
-            compare(node.name, "grad input", got_dx, want_dx)]
-    rows += [compare(node.name, f"grad {name}", got_grads[name], want_grads[name]) for name in want_grads]
+    got_out, got_dx, got_grads = _forward_backward(candidate, x, grad_out)
+    rows = [compare(label, "output", got_out, want_out), compare(label, "grad input", got_dx, want_dx)]
+    for name in want_grads:
+        shown = name.split(".", 1)[1] if label.count("+") else name  # "0.weight" of a pair -> "weight"
+        rows.append(compare(label, f"grad {shown}", got_grads[name], want_grads[name]))
     return rows
 
 
@@ -192,9 +213,22 @@ def format_rows(rows: list[Comparison], tolerance: float) -> str:
     return "\n".join(lines)
 
 
-def _layer_title(node: Node) -> str:
-    shape = "x".join(map(str, node.in_shape))
-    return f"layer {node.name} {node.op} (line {node.loc.line}), input [N={{batch}}, {shape}]"
+def _sections(graph: Graph, device: torch.device, batch: int) -> list[tuple[str, list[Comparison]]]:
+    """(title, rows): every layer, every fused pair, then the whole network with its loss."""
+    sections = []
+    for node in walk(graph.nodes):
+        title = f"layer {node.name} {node.op} (line {node.loc.line}), input {_batched(batch, node.in_shape)}"
+        sections.append((title, check_layer(node, device, batch)))
+    for fusion in find_fusions(graph.nodes):
+        title = f"fused {fusion.describe()}, input {_batched(batch, fusion.producer.in_shape)}"
+        sections.append((title, check_fusion(fusion, device, batch)))
+    whole = f"whole network {graph.name} (fused, eval mode) + loss"
+    sections.append((whole, check_network(graph, device, batch)))
+    return sections
+
+
+def _batched(batch: int, shape: tuple[int, ...]) -> str:
+    return f"[N={batch}, {'x'.join(map(str, shape))}]"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -210,10 +244,7 @@ def run(args: argparse.Namespace) -> int:
           f"tolerance {tolerance:g} relative ({precision})")
     failures = 0
     with full_float32():
-        sections = [(_layer_title(node).format(batch=args.batch), check_layer(node, device, args.batch))
-                    for node in walk(graph.nodes)]
-        whole = f"whole network {graph.name} (fused, eval mode) + loss"
-        sections.append((whole, check_network(graph, device, args.batch)))
+        sections = _sections(graph, device, args.batch)
     for title, rows in sections:
         print(title)
         print(format_rows(rows, tolerance))

@@ -130,12 +130,15 @@ class Network(nn.Module):
     def apply_fusions(self, fusions: list[Fusion]) -> None:
         """Fold each fusion's activation into its producer; the activation's module becomes an identity."""
         for fusion in fusions:
-            producer = self.get_submodule(fusion.producer.name)
-            activation = self.get_submodule(fusion.activation.name)
-            assert isinstance(activation, Activation)
-            producer.activation, producer.slope = fusion.activation.op, fusion.slope
-            activation.fused = True
+            fold(fusion, self.get_submodule(fusion.producer.name), self.get_submodule(fusion.activation.name))
         self.fusions = list(fusions)
+
+
+def fold(fusion: Fusion, producer: nn.Module, activation: nn.Module) -> None:
+    """Make `producer` (a triton Conv2d/Linear) apply the activation, and `activation` an identity."""
+    assert isinstance(activation, Activation) and hasattr(producer, "activation")
+    producer.activation, producer.slope = fusion.activation.op, fusion.slope
+    activation.fused = True
 
 
 def _plain_summary(graph: Graph) -> str:

@@ -75,7 +75,7 @@ def test_check_passes_on_a_small_file(
     assert "tolerance 0.0001 relative (float32 with ieee dots)" in out
     for heading in ("layer 0 conv2d", "layer 1 relu", "layer 2 maxpool2d", "layer 4 linear",
                     "layer 5 dropout", "layer 6 residual", "layer 6.0 linear", "layer 6.1 tanh",
-                    "whole network small"):
+                    "fused 0 conv2d + 1 relu -> conv2d_act(relu)", "whole network small"):
         assert heading in out
     conv = _rows(out, "layer 0 conv2d")
     assert set(conv) == {"output", "grad input", "grad weight", "grad bias"}
@@ -107,7 +107,8 @@ def test_check_fails_when_a_kernel_is_broken(
     assert 0.9e-3 < relu["output"][1] < 1.1e-3
     assert all(verdict == "ok" for _, _, verdict in _rows(out, "layer 0 linear").values())
     assert "FAILED" in out
-    # The whole network fuses relu into linear_act and never calls the broken kernel: it stays ok.
+    # The fused pair and the whole network apply relu inside linear_act, never calling the broken kernel.
+    assert all(verdict == "ok" for _, _, verdict in _rows(out, "fused 0 linear + 1 relu").values())
     assert all(verdict == "ok" for _, _, verdict in _rows(out, "whole network tiny").values())
     # A looser --tol accepts the same 1e-3 error.
     assert cli.main(["check", tiny_file, "--device", device, "--batch", "3", "--tol", "0.01"]) == 0
@@ -128,6 +129,8 @@ def test_check_finds_a_broken_fused_kernel_in_the_whole_network(
     assert cli.main(["check", tiny_file, "--device", device, "--batch", "3"]) == 1
     out = capsys.readouterr().out
     assert all(verdict == "ok" for _, _, verdict in _rows(out, "layer 0 linear").values())
+    fused = _rows(out, "fused 0 linear + 1 relu -> linear_act(relu)")
+    assert fused["output"][2] == "FAIL" and fused["grad weight"][2] == "FAIL"
     whole = _rows(out, "whole network tiny")
     assert whole["output"][2] == "FAIL" and whole["grad 0.weight"][2] == "FAIL"
 
