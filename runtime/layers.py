@@ -75,6 +75,15 @@ class Conv2d(nn.Conv2d):
             return kernel("conv2d")(*args)  # padding "same" included: the kernel pads as PyTorch does
         return kernel("conv2d_act")(*args, self.activation, self.slope)
 
+    def extra_repr(self) -> str:
+        return super().extra_repr() + _fused_repr(self.activation, self.slope)
+
+
+def _fused_repr(activation: str | None, slope: float) -> str:
+    if activation is None:
+        return ""
+    return f", fused={activation}" + (f"(slope={slope})" if activation == "leaky_relu" else "")
+
 
 class Linear(nn.Linear):
     """linear (+ a fused activation) on the last dimension: (N, F) -> (N, O), (N, T, F) -> (N, T, O)."""
@@ -94,6 +103,9 @@ class Linear(nn.Linear):
         else:
             out = kernel("linear_act")(rows, self.weight, self.bias, self.activation, self.slope)
         return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + _fused_repr(self.activation, self.slope)
 
 
 class Activation(nn.Module):
