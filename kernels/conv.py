@@ -41,21 +41,38 @@ class _LaunchConfig:
 
 
 @functools.cache
-def _launch_config(kind: str, dtype: torch.dtype, interpreted: bool) -> _LaunchConfig:
-    """The one place that picks block sizes per kernel ("fwd", "bwd_input", "bwd_weight").
+def _launch_config(
+    kind: str, dtype: torch.dtype, interpreted: bool, gemm: tuple[int, int, int]
+) -> _LaunchConfig:
+    """The one place that picks tiles per kernel ("fwd", "bwd_input", "bwd_weight") and GEMM (M, N, K).
 
-    The interpreter runs programs one after another, so it gets few, large
-    tiles. On the GPU, float32 tiles feed `tl.dot` (every side >= 16);
-    float64 tiles feed a broadcast product (BLOCK_M x BLOCK_K x BLOCK_N
-    values live at once), so they stay small.
+    GPU: fixed tiles. float32 tiles feed `tl.dot` (every side >= 16);
+    float64 tiles feed a broadcast product (BLOCK_M x BLOCK_K x BLOCK_N values
+    live at once), so they stay small. The interpreter runs programs and loop
+    steps one after another at a high fixed cost each, so it gets tiles sized
+    to the problem, as few programs and K steps as a memory budget allows.
     """
     if interpreted:
-        return _LaunchConfig(64, 32, 32, 1, 1)
+        return _interpreter_config(dtype, *gemm)
     if dtype == torch.float64:
         return _LaunchConfig(32, 32, 8, 4, 1)
-    if kind == "bwd_weight":  # few output tiles, long K (= N*OH*OW): wider K steps
+    if kind == "bwd_weight":  # few output tiles and a long K (= N*OH*OW): wide K steps
         return _LaunchConfig(32, 64, 64, 4, 3)
     return _LaunchConfig(64, 32, 32, 4, 3)
+
+
+def _interpreter_config(dtype: torch.dtype, rows: int, cols: int, depth: int) -> _LaunchConfig:
+    def fit(size: int, cap: int) -> int:
+        return max(16, min(cap, triton.next_power_of_2(size)))
+
+    block_m, block_n, block_k = fit(rows, 1 << 14), fit(cols, 64), fit(depth, 1 << 14)
+    product_cap = 1 << 20 if dtype == torch.float64 else 1 << 30  # float64's 3-D product; Triton's max
+    while block_m * block_k > 1 << 18 or block_m * block_k * block_n > product_cap:
+        if block_m >= block_k:
+            block_m //= 2
+        else:
+            block_k //= 2
+    return _LaunchConfig(block_m, block_n, block_k, 1, 1)
 
 
 @triton.jit
@@ -320,10 +337,10 @@ def _check_tensors(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         raise ValueError(f"conv2d: bias shape {tuple(bias.shape)} != ({weight.shape[0]},)")
 
 
-def _dot_args(dtype: torch.dtype, kind: str) -> dict:
-    """Launch keywords shared by the three GEMM kernels: precision, tiles, warps, stages."""
+def _dot_args(dtype: torch.dtype, kind: str, gemm: tuple[int, int, int]) -> dict:
+    """Launch keywords shared by the three GEMM kernels (GEMM sizes M, N, K): precision, tiles, warps."""
     interpreted = config.interpreting()
-    cfg = _launch_config(kind, dtype, interpreted)
+    cfg = _launch_config(kind, dtype, interpreted, gemm)
     use_tf32 = ALLOW_TF32 and not interpreted
     return dict(
         USE_DOT=dtype == torch.float32,
@@ -345,8 +362,8 @@ def _forward(x, weight, bias, geo: _Geometry, act: int, slope: float) -> torch.T
     out_channels, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
     out_h, out_w = geo.out_hw
     y = config.new_empty((batch, out_channels, out_h, out_w), x)
-    args = _dot_args(x.dtype, "fwd")
     rows, ocg = batch * out_h * out_w, out_channels // geo.groups
+    args = _dot_args(x.dtype, "fwd", (rows, ocg, channels // geo.groups * kh * kw))
     grid = (triton.cdiv(rows, args["BLOCK_M"]), triton.cdiv(ocg, args["BLOCK_N"]), geo.groups)
     _conv2d_fwd_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else x, y, *x.stride(), *weight.stride(),
@@ -359,8 +376,9 @@ def _forward(x, weight, bias, geo: _Geometry, act: int, slope: float) -> torch.T
 def _backward_input(dz: torch.Tensor, weight: torch.Tensor, x_shape, geo: _Geometry) -> torch.Tensor:
     batch, channels, height, width = x_shape
     dx = config.new_empty(x_shape, dz)
-    args = _dot_args(dz.dtype, "bwd_input")
     rows, cg = batch * height * width, channels // geo.groups
+    kernel_taps = weight.shape[2] * weight.shape[3]
+    args = _dot_args(dz.dtype, "bwd_input", (rows, cg, weight.shape[0] // geo.groups * kernel_taps))
     grid = (triton.cdiv(rows, args["BLOCK_M"]), triton.cdiv(cg, args["BLOCK_N"]), geo.groups)
     _conv2d_bwd_input_kernel[grid](
         dz, weight, dx, *dz.stride(), *weight.stride(), height, width, *geo.out_hw,
@@ -374,8 +392,8 @@ def _backward_weight(dz: torch.Tensor, x: torch.Tensor, w_shape, geo: _Geometry,
     out_channels, cg, kh, kw = w_shape
     dw = config.new_empty(w_shape, x)
     db = config.new_empty((out_channels,), x) if with_bias else None
-    args = _dot_args(x.dtype, "bwd_weight")
     ocg = out_channels // geo.groups
+    args = _dot_args(x.dtype, "bwd_weight", (ocg, cg * kh * kw, x.shape[0] * geo.out_hw[0] * geo.out_hw[1]))
     grid = (triton.cdiv(ocg, args["BLOCK_M"]), triton.cdiv(cg * kh * kw, args["BLOCK_N"]), geo.groups)
     _conv2d_bwd_weight_kernel[grid](
         dz, x, dw, db if with_bias else dw, *dz.stride(), *x.stride(), *x.shape[2:], *geo.out_hw,

@@ -21,12 +21,15 @@ from netc.kernels import config
 __all__ = ["max_pool2d", "avg_pool2d"]
 
 
-def _launch_config() -> tuple[int, int]:
-    """(elements per program, warps): the one place to tune pooling launches.
+def _launch_config(elements: int) -> tuple[int, int]:
+    """(elements per program, warps) for a launch over `elements`: the one place to tune pooling.
 
-    The interpreter runs programs one after another, so it gets few, large blocks.
+    The interpreter runs programs one after another at a high fixed cost
+    each, so it gets few, large blocks.
     """
-    return (2048, 1) if config.interpreting() else (256, 4)
+    if config.interpreting():
+        return max(16, min(1 << 14, triton.next_power_of_2(elements))), 1
+    return 256, 4
 
 
 @triton.jit
@@ -246,7 +249,7 @@ class _MaxPool2dFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, geo: _PoolGeometry):  # type: ignore[override]
         out_shape = (x.shape[0], x.shape[1], *geo.out_hw)
         y, indices = config.new_empty(out_shape, x), config.new_empty(out_shape, x, torch.int64)
-        block, warps = _launch_config()
+        block, warps = _launch_config(y.numel())
         _max_pool2d_fwd_kernel[(triton.cdiv(y.numel(), block),)](
             x, y, indices, *x.stride(), *_sizes(x.shape, geo), y.numel(), *geo.args(),
             KH=geo.kernel[0], KW=geo.kernel[1], BLOCK=block, num_warps=warps,
@@ -262,7 +265,7 @@ class _MaxPool2dFunction(torch.autograd.Function):
         (indices,) = ctx.saved_tensors
         geo = ctx.geo
         dx = config.new_empty(ctx.x_shape, dy)
-        block, warps = _launch_config()
+        block, warps = _launch_config(dx.numel())
         _max_pool2d_bwd_kernel[(triton.cdiv(dx.numel(), block),)](
             dy, indices, dx, *dy.stride(), *_sizes(ctx.x_shape, geo), dx.numel(), *geo.args(),
             KH=geo.kernel[0], KW=geo.kernel[1], BLOCK=block, num_warps=warps,
@@ -276,7 +279,7 @@ class _AvgPool2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, geo: _PoolGeometry, count_pad: bool, divisor: int):  # type: ignore[override]
         y = config.new_empty((x.shape[0], x.shape[1], *geo.out_hw), x)
-        block, warps = _launch_config()
+        block, warps = _launch_config(y.numel())
         _avg_pool2d_fwd_kernel[(triton.cdiv(y.numel(), block),)](
             x, y, *x.stride(), *_sizes(x.shape, geo), y.numel(), *geo.args()[:4], divisor,
             KH=geo.kernel[0], KW=geo.kernel[1], COUNT_PAD=count_pad, BLOCK=block, num_warps=warps,
@@ -289,7 +292,7 @@ class _AvgPool2dFunction(torch.autograd.Function):
     def backward(ctx, dy: torch.Tensor):  # type: ignore[override]
         geo = ctx.geo
         dx = config.new_empty(ctx.x_shape, dy)
-        block, warps = _launch_config()
+        block, warps = _launch_config(dx.numel())
         _avg_pool2d_bwd_kernel[(triton.cdiv(dx.numel(), block),)](
             dy, dx, *dy.stride(), *_sizes(ctx.x_shape, geo), dx.numel(), *geo.args()[:4], ctx.divisor,
             KH=geo.kernel[0], KW=geo.kernel[1], COUNT_PAD=ctx.count_pad, BLOCK=block, num_warps=warps,

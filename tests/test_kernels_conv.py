@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from kernel_helpers_conv import compare_with_torch, strided_like
 
+from netc.kernels import conv
 from netc.kernels.conv import conv2d, conv2d_act
 
 # PyTorch warns that its 'same' padding with even kernels copies the input: the reference's concern
@@ -33,12 +34,20 @@ CASES: dict[str, tuple[tuple[int, ...], int, tuple[int, int], dict]] = {
     "kernel-fills-padded-input": ((2, 2, 5, 4), 3, (7, 6), {"padding": 1}),
     "kernel-fills-input": ((3, 2, 5, 7), 3, (5, 7), {}),
 }
-# cross every block boundary (rows > 64, channels > 32, K > 32): several programs on each grid axis
-CASES["multi-block"] = ((3, 5, 13, 10), 37, (3, 3), {"padding": (0, 1), "stride": (1, 2)})
-SLOW_CASES = {
-    "multi-block-groups": ((2, 70, 11, 9), 66, (3, 3), {"groups": 2, "padding": 1}),
-    "multi-block-depthwise": ((3, 20, 12, 11), 20, (3, 3), {"groups": 20, "stride": 2, "padding": 1}),
+CASES["multi-block"] = ((2, 5, 7, 6), 19, (3, 3), {"padding": (0, 1), "stride": (1, 2)})
+# run with 16x16x16 tiles, so every grid axis has several programs, every K loop several steps and
+# partial last tiles (the interpreter's own tiles cover these small problems in one program)
+TILED = ["multi-block", "asymmetric", "groups-3-stride", "depthwise-x2", "same-even", "kernel-fills-input"]
+SLOW_TILED_CASES = {
+    "wide-groups": ((2, 36, 6, 5), 34, (3, 3), {"groups": 2, "padding": 1}),
+    "many-depthwise": ((3, 8, 7, 6), 8, (3, 3), {"groups": 8, "stride": 2, "padding": 1}),
 }
+
+
+@pytest.fixture
+def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Force the GPU-sized minimum tiles (every dot side 16) on whatever runs the kernels."""
+    monkeypatch.setattr(conv, "_launch_config", lambda *args: conv._LaunchConfig(16, 16, 16, 4, 1))
 
 
 def _tensors(device: str, shape, out_channels, kernel, kwargs, dtype=torch.float64, bias=True):
@@ -69,10 +78,16 @@ def test_conv2d_matches_torch(device: str, name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SLOW_CASES)
-def test_conv2d_multi_block(device: str, name: str) -> None:
-    _check(device, SLOW_CASES[name])
-    _check(device, SLOW_CASES[name], torch.float32)
+@pytest.mark.parametrize("name", SLOW_TILED_CASES)
+def test_conv2d_many_tiles(device: str, name: str, small_tiles: None) -> None:
+    _check(device, SLOW_TILED_CASES[name])
+    _check(device, SLOW_TILED_CASES[name], torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", TILED)
+def test_conv2d_small_tiles(device: str, name: str, dtype: torch.dtype, small_tiles: None) -> None:
+    _check(device, CASES[name], dtype)
 
 
 @pytest.mark.parametrize("name", ["plain", "groups", "same-even"])

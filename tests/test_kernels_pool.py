@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from kernel_helpers_conv import compare_with_torch, strided_like
 
+from netc.kernels import pool as pool_module
 from netc.kernels.pool import avg_pool2d, max_pool2d
 
 # id -> (input shape, max_pool2d keywords); odd sizes, overlapping and strided windows
@@ -151,12 +152,15 @@ def test_max_pool2d_all_minus_infinity_windows(device: str) -> None:
     compare_with_torch("max_pool2d", _max(**kwargs), _max_reference(**kwargs), [x])
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("pool", ["max", "avg"])
-def test_pools_many_programs(device: str, pool: str) -> None:
-    """More output elements than one interpreter block (2048), so several programs share the work."""
-    x = torch.randn(4, 16, 29, 27, dtype=torch.float32, device=device, requires_grad=True)
-    kwargs = {"kernel_size": 3, "stride": 1, "padding": 1}
+def test_pools_many_programs(
+    device: str, pool: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of 64 elements, so several programs share the work and the last block is partial."""
+    monkeypatch.setattr(pool_module, "_launch_config", lambda elements: (64, 4))
+    x = torch.randn(2, 3, 9, 11, dtype=dtype, device=device, requires_grad=True)
+    kwargs = {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}
     ours, ref = (
         (_max(**kwargs), _max_reference(**kwargs))
         if pool == "max"
