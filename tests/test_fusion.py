@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from twins import make_graph, run_both
 
 import netc
-from netc.dsl.errors import DataError
+from netc.dsl.errors import DataError, Loc
+from netc.dsl.ir import Node
 from netc.runtime.lower import compile, find_fusions, resolve_target
 
 # ---- the fusion pass -------------------------------------------------------------------------
@@ -162,3 +165,27 @@ def test_summary_falls_back_without_the_report_module(monkeypatch: pytest.Monkey
     assert "total parameters 32" in text and "linear" in text
 
 
+
+
+OPS = ["conv2d", "linear", "relu", "tanh", "sigmoid", "leaky_relu", "maxpool2d", "flatten", "dropout"]
+
+
+def _node(name: str, op: str, slope: float = 0.01, body: tuple = ()) -> Node:
+    attrs = {"slope": slope} if op == "leaky_relu" else {}
+    return Node(name, op, attrs, (1,), (1,), {}, 0, Loc("<test>", 1, 1), body)
+
+
+@given(st.lists(st.tuples(st.sampled_from(OPS + ["residual"]), st.lists(st.sampled_from(OPS), max_size=4),
+                          st.sampled_from([0.0, 0.2, -0.5])), max_size=12))
+def test_fusions_are_exactly_adjacent_producer_activation_pairs(layers: list) -> None:
+    nodes, expected = [], []
+    for index, (op, body_ops, slope) in enumerate(layers):
+        body = tuple(_node(f"{index}.{j}", body_op, slope) for j, body_op in enumerate(body_ops))
+        nodes.append(_node(str(index), op, slope, body if op == "residual" else ()))
+    for stack in [nodes] + [list(node.body) for node in nodes]:
+        for first, second in zip(stack, stack[1:], strict=False):
+            if first.op in ("conv2d", "linear") and second.op in ("relu", "tanh", "sigmoid", "leaky_relu") \
+                    and second.attrs.get("slope", 0.0) >= 0:
+                expected.append((first.name, second.name))
+    found = [(f.producer.name, f.activation.name) for f in find_fusions(nodes)]
+    assert sorted(found) == sorted(expected)
