@@ -89,6 +89,31 @@ def median_ms(call: Callable[[], object], repeats: int, warmup: int, device: tor
     return statistics.median(times)
 
 
+def measure(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
+    """Errors first (cuDNN in full float32), then the timings with torch's default settings."""
+    reference, x, grad_out = make_problem(args, device)
+    params = tuple(reference._flat_weights)
+    ours, theirs = netc_fn(reference), (lambda inp: reference(inp)[0])
+    tf32_default = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    errs = errors(fwd_bwd(ours, x, grad_out, params), fwd_bwd(theirs, x, grad_out, params))
+    torch.backends.cudnn.allow_tf32 = tf32_default
+    on_cuda = device.type == "cuda"
+    repeats, warmup = args.repeats or (200 if on_cuda else 3), 20 if on_cuda else 1
+    netc_ms = median_ms(lambda: fwd_bwd(ours, x, grad_out, params), repeats, warmup, device)
+    torch_ms = median_ms(lambda: fwd_bwd(theirs, x, grad_out, params), repeats, warmup, device)
+    cudnn = on_cuda and torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled
+    return {
+        "shape": {"batch": args.batch, "T": args.time_steps, "F": args.features, "H": args.hidden},
+        "device": torch.cuda.get_device_name(device) if on_cuda else "cpu",
+        "reference": "torch.nn.RNN (cuDNN)" if cudnn else "torch.nn.RNN (PyTorch's CPU kernels)",
+        "timer": "CUDA events" if on_cuda else "host clock", "repeats": repeats,
+        "netc_ms": netc_ms, "torch_ms": torch_ms, "speedup": torch_ms / netc_ms, "goal": GOAL,
+        "cudnn_allow_tf32_when_timed": tf32_default,
+        "max_rel_error": errs, "versions": {"torch": torch.__version__},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -96,33 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     from netc.kernels.config import ensure_backend
 
     ensure_backend(device.type)  # the interpreter on the CPU, chosen before triton loads
-    reference, x, grad_out = make_problem(args, device)
-    params = tuple(reference._flat_weights)
-    ours, theirs = netc_fn(reference), (lambda inp: reference(inp)[0])
-    # compare against full float32 (cuDNN may otherwise use TF32); time it with torch's defaults
-    tf32_default = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    errs = errors(fwd_bwd(ours, x, grad_out, params), fwd_bwd(theirs, x, grad_out, params))
-    torch.backends.cudnn.allow_tf32 = tf32_default
-    repeats = args.repeats or (200 if use_cuda else 3)
-    warmup = 20 if use_cuda else 1
-    netc_ms = median_ms(lambda: fwd_bwd(ours, x, grad_out, params), repeats, warmup, device)
-    torch_ms = median_ms(lambda: fwd_bwd(theirs, x, grad_out, params), repeats, warmup, device)
-    cudnn = use_cuda and torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled
-    result = {
-        "shape": {"batch": args.batch, "T": args.time_steps, "F": args.features, "H": args.hidden},
-        "device": torch.cuda.get_device_name(device) if use_cuda else "cpu",
-        "reference": "torch.nn.RNN (cuDNN)" if cudnn else "torch.nn.RNN (PyTorch's CPU kernels)",
-        "timer": "CUDA events" if use_cuda else "host clock", "repeats": repeats,
-        "netc_ms": netc_ms, "torch_ms": torch_ms, "speedup": torch_ms / netc_ms, "goal": GOAL,
-        "cudnn_allow_tf32_when_timed": tf32_default,
-        "max_rel_error": errs, "versions": {"torch": torch.__version__},
-    }
+    result = measure(args, device)
+    errs: dict[str, float] = result["max_rel_error"]  # type: ignore[assignment]
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"row RNN fwd+bwd {result['shape']} on {result['device']}: netc {netc_ms:.3f} ms, "
-              f"{result['reference']} {torch_ms:.3f} ms, speedup {result['speedup']:.3g}x (goal {GOAL}x)")
+        print(f"row RNN fwd+bwd {result['shape']} on {result['device']}: netc {result['netc_ms']:.3f} ms, "
+              f"{result['reference']} {result['torch_ms']:.3f} ms, speedup {result['speedup']:.3g}x "
+              f"(goal {GOAL}x)")
         print("largest errors (relative to torch's largest value): "
               + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
     worst = max(errs.values())

@@ -134,22 +134,29 @@ def bench(
         if why_not:
             report.skipped[contender.name] = why_not
             continue
-        try:
-            result = _measure(contender, graph, device, inputs, (steps, report.warmup), images, labels)
-        except Exception as error:  # one broken contender must not hide the others' numbers
-            report.failed[contender.name] = f"{type(error).__name__}: {error}"
-            line = f"{contender.name}: FAILED {report.failed[contender.name]}"
-        else:
-            if images is None:
-                result.epoch_s, result.epoch_how = result.median_ms * report.epoch_steps / 1000.0, "estimated"
-            report.results.append(result)
-            line = f"{contender.name}: {result.median_ms:.4g} ms/step ({result.mode}), epoch " \
-                f"{_duration(result.epoch_s)} ({result.epoch_how})"
+        line = _run_contender(report, contender, graph, device, inputs, images, labels)
         if progress is not None:
             progress(line)
         _release(device)
     report.ratios = ratios(report.results)
     return report
+
+
+def _run_contender(
+    report: Report, contender: Contender, graph: Graph, device: torch.device,
+    inputs: list[tuple[torch.Tensor, torch.Tensor]], images: torch.Tensor | None, labels: torch.Tensor | None,
+) -> str:
+    """Measure one contender into `report` (its result, or its failure); returns a progress line."""
+    try:
+        result = _measure(contender, graph, device, inputs, (report.steps, report.warmup), images, labels)
+    except Exception as error:  # one broken contender must not hide the others' numbers
+        report.failed[contender.name] = f"{type(error).__name__}: {error}"
+        return f"{contender.name}: FAILED {report.failed[contender.name]}"
+    if images is None:
+        result.epoch_s, result.epoch_how = result.median_ms * report.epoch_steps / 1000.0, "estimated"
+    report.results.append(result)
+    return f"{contender.name}: {result.median_ms:.4g} ms/step ({result.mode}), epoch " \
+        f"{_duration(result.epoch_s)} ({result.epoch_how})"
 
 
 def _progress(line: str) -> None:
