@@ -100,6 +100,25 @@ def _activate(z, ACT: tl.constexpr, slope):
 
 
 @triton.jit
+def _activation_grad(y_ptr, y_off, ok, grad, ACT: tl.constexpr, slope):
+    """grad w.r.t. the activation's output -> grad w.r.t. its input, from the saved output y.
+
+    leaky_relu's slope is >= 0, so y > 0 exactly where the input was > 0.
+    """
+    if ACT != 0:
+        y = tl.load(y_ptr + y_off, mask=ok, other=0.0)
+        if ACT == 1:
+            grad = tl.where(y > 0, grad, 0.0)
+        elif ACT == 2:
+            grad = grad * (1.0 - y * y)
+        elif ACT == 3:
+            grad = grad * y * (1.0 - y)
+        else:
+            grad = tl.where(y > 0, grad, grad * slope)
+    return grad
+
+
+@triton.jit
 def _conv2d_fwd_kernel(
     x_ptr,  # (N, C, H, W) input, any strides
     w_ptr,  # (OC, CG, KH, KW) weight, any strides
@@ -150,7 +169,8 @@ def _conv2d_fwd_kernel(
 
 @triton.jit
 def _conv2d_bwd_input_kernel(
-    dy_ptr,  # (N, OC, OH, OW) output gradient (after the activation's derivative), any strides
+    dy_ptr,  # (N, OC, OH, OW) gradient w.r.t. the output (after the activation), any strides
+    y_ptr,  # (N, OC, OH, OW) forward output, contiguous (read only when ACT != 0)
     w_ptr,  # (OC, CG, KH, KW) weight, any strides
     dx_ptr,  # (N, C, H, W) input gradient, contiguous
     sdn, sdc, sdh, sdw,  # output-gradient strides
@@ -159,7 +179,8 @@ def _conv2d_bwd_input_kernel(
     M,  # GEMM rows: N * H * W
     CG, OCG,  # input / output channels per group
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KH: tl.constexpr, KW: tl.constexpr,
+    slope,  # leaky_relu's negative slope
+    KH: tl.constexpr, KW: tl.constexpr, ACT: tl.constexpr,
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -187,6 +208,8 @@ def _conv2d_bwd_input_kernel(
         a_ok = row_ok[:, None] & k_ok[None, :] & hit
         a_off = n[:, None] * sdn + oc[None, :] * sdc + oh * sdh + ow * sdw
         a = tl.load(dy_ptr + a_off, mask=a_ok, other=0.0)
+        y_off = ((n[:, None] * (OCG * tl.num_programs(2)) + oc[None, :]) * OH + oh) * OW + ow
+        a = _activation_grad(y_ptr, y_off, a_ok, a, ACT, slope)
         b_off = oc[:, None] * swo + cols[None, :] * swc + kh[:, None] * swh + kw[:, None] * sww
         b = tl.load(w_ptr + b_off, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         acc = _mac(acc, a, b, USE_DOT, PRECISION)
@@ -197,7 +220,8 @@ def _conv2d_bwd_input_kernel(
 
 @triton.jit
 def _conv2d_bwd_weight_kernel(
-    dy_ptr,  # (N, OC, OH, OW) output gradient (after the activation's derivative), any strides
+    dy_ptr,  # (N, OC, OH, OW) gradient w.r.t. the output (after the activation), any strides
+    y_ptr,  # (N, OC, OH, OW) forward output, contiguous (read only when ACT != 0)
     x_ptr,  # (N, C, H, W) input, any strides
     dw_ptr,  # (OC, CG * KH * KW) weight gradient, contiguous
     db_ptr,  # (OC,) bias gradient (unused unless HAS_BIAS)
@@ -207,7 +231,8 @@ def _conv2d_bwd_weight_kernel(
     K,  # GEMM depth: N * OH * OW
     CG, OCG,  # input / output channels per group
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
+    slope,  # leaky_relu's negative slope
+    KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -229,7 +254,10 @@ def _conv2d_bwd_weight_kernel(
         oh = (ks // OW) % OH
         n = (ks // (OW * OH)).to(tl.int64)
         a_off = oc[:, None] * sdc + (n * sdn + oh * sdh + ow * sdw)[None, :]
-        a = tl.load(dy_ptr + a_off, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        a_ok = row_ok[:, None] & k_ok[None, :]
+        a = tl.load(dy_ptr + a_off, mask=a_ok, other=0.0)
+        y_off = (n[None, :] * (OCG * tl.num_programs(2)) + oc[:, None]) * (OH * OW) + (oh * OW + ow)[None, :]
+        a = _activation_grad(y_ptr, y_off, a_ok, a, ACT, slope)
         ih = oh[:, None] * stride_h - pad_h + kh[None, :] * dil_h
         iw = ow[:, None] * stride_w - pad_w + kw[None, :] * dil_w
         b_ok = k_ok[:, None] & col_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -243,30 +271,6 @@ def _conv2d_bwd_weight_kernel(
     if HAS_BIAS:
         if tl.program_id(1) == 0:  # one column of programs owns the bias
             tl.store(db_ptr + oc, bias_acc, mask=row_ok)
-
-
-@triton.jit
-def _conv2d_act_bwd_kernel(
-    dy_ptr,  # (numel,) gradient w.r.t. the activation's output, contiguous
-    y_ptr,  # (numel,) the activation's output, contiguous
-    dz_ptr,  # (numel,) gradient w.r.t. the pre-activation, contiguous
-    numel,  # element count
-    slope,  # leaky_relu's negative slope (>= 0, so y > 0 exactly when z > 0)
-    ACT: tl.constexpr, BLOCK: tl.constexpr,
-):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < numel
-    dy = tl.load(dy_ptr + offs, mask=ok, other=0.0)
-    y = tl.load(y_ptr + offs, mask=ok, other=0.0)
-    if ACT == 1:
-        dz = tl.where(y > 0, dy, 0.0)
-    elif ACT == 2:
-        dz = dy * (1.0 - y * y)
-    elif ACT == 3:
-        dz = dy * y * (1.0 - y)
-    else:
-        dz = tl.where(y > 0, dy, dy * slope)
-    tl.store(dz_ptr + offs, dz, mask=ok)
 
 
 @dataclass(frozen=True)
@@ -373,22 +377,22 @@ def _forward(x, weight, bias, geo: _Geometry, act: int, slope: float) -> torch.T
     return y
 
 
-def _backward_input(dz: torch.Tensor, weight: torch.Tensor, x_shape, geo: _Geometry) -> torch.Tensor:
+def _backward_input(dy, y, weight, x_shape, geo: _Geometry, act: int, slope: float) -> torch.Tensor:
     batch, channels, height, width = x_shape
-    dx = config.new_empty(x_shape, dz)
+    dx = config.new_empty(x_shape, dy)
     rows, cg = batch * height * width, channels // geo.groups
     kernel_taps = weight.shape[2] * weight.shape[3]
-    args = _dot_args(dz.dtype, "bwd_input", (rows, cg, weight.shape[0] // geo.groups * kernel_taps))
+    args = _dot_args(dy.dtype, "bwd_input", (rows, cg, weight.shape[0] // geo.groups * kernel_taps))
     grid = (triton.cdiv(rows, args["BLOCK_M"]), triton.cdiv(cg, args["BLOCK_N"]), geo.groups)
     _conv2d_bwd_input_kernel[grid](
-        dz, weight, dx, *dz.stride(), *weight.stride(), height, width, *geo.out_hw,
-        rows, cg, weight.shape[0] // geo.groups, *_geometry_args(geo),
-        KH=weight.shape[2], KW=weight.shape[3], **args,
+        dy, y, weight, dx, *dy.stride(), *weight.stride(), height, width, *geo.out_hw,
+        rows, cg, weight.shape[0] // geo.groups, *_geometry_args(geo), slope,
+        KH=weight.shape[2], KW=weight.shape[3], ACT=act, **args,
     )  # fmt: skip
     return dx
 
 
-def _backward_weight(dz: torch.Tensor, x: torch.Tensor, w_shape, geo: _Geometry, with_bias: bool):
+def _backward_weight(dy, y, x, w_shape, geo: _Geometry, act: int, slope: float, with_bias: bool):
     out_channels, cg, kh, kw = w_shape
     dw = config.new_empty(w_shape, x)
     db = config.new_empty((out_channels,), x) if with_bias else None
@@ -396,24 +400,16 @@ def _backward_weight(dz: torch.Tensor, x: torch.Tensor, w_shape, geo: _Geometry,
     args = _dot_args(x.dtype, "bwd_weight", (ocg, cg * kh * kw, x.shape[0] * geo.out_hw[0] * geo.out_hw[1]))
     grid = (triton.cdiv(ocg, args["BLOCK_M"]), triton.cdiv(cg * kh * kw, args["BLOCK_N"]), geo.groups)
     _conv2d_bwd_weight_kernel[grid](
-        dz, x, dw, db if with_bias else dw, *dz.stride(), *x.stride(), *x.shape[2:], *geo.out_hw,
-        x.shape[0] * geo.out_hw[0] * geo.out_hw[1], cg, ocg, *_geometry_args(geo),
-        KH=kh, KW=kw, HAS_BIAS=with_bias, **args,
+        dy, y, x, dw, db if with_bias else dw, *dy.stride(), *x.stride(), *x.shape[2:], *geo.out_hw,
+        x.shape[0] * geo.out_hw[0] * geo.out_hw[1], cg, ocg, *_geometry_args(geo), slope,
+        KH=kh, KW=kw, HAS_BIAS=with_bias, ACT=act, **args,
     )  # fmt: skip
     return dw, db
 
 
-def _activation_backward(dy: torch.Tensor, y: torch.Tensor, act: int, slope: float) -> torch.Tensor:
-    dy = dy.contiguous()
-    dz = config.new_empty(y.shape, y)
-    block = 4096 if config.interpreting() else 1024
-    grid = (triton.cdiv(y.numel(), block),)
-    _conv2d_act_bwd_kernel[grid](dy, y, dz, y.numel(), slope, ACT=act, BLOCK=block, num_warps=4)
-    return dz
-
-
 class _Conv2dFunction(torch.autograd.Function):
-    """conv2d + bias + activation; the backward applies the activation's derivative from the saved output."""
+    """conv2d + bias + activation; the backward kernels apply the activation's derivative from the saved
+    output as they load the output gradient."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, geo: _Geometry, act: int, slope: float):  # type: ignore[override]
@@ -426,12 +422,13 @@ class _Conv2dFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):  # type: ignore[override]
         x, weight, y = ctx.saved_tensors
-        dz = _activation_backward(dy, y, ctx.act, ctx.slope) if ctx.act else dy
+        y = dy if y is None else y  # without an activation the kernels never read y
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx = _backward_input(dz, weight, x.shape, ctx.geo) if need_x else None
+        act_args = (ctx.geo, ctx.act, ctx.slope)
+        dx = _backward_input(dy, y, weight, x.shape, *act_args) if need_x else None
         dw = db = None
         if need_w or (need_b and ctx.has_bias):
-            dw, db = _backward_weight(dz, x, weight.shape, ctx.geo, ctx.has_bias and need_b)
+            dw, db = _backward_weight(dy, y, x, weight.shape, *act_args, ctx.has_bias and need_b)
         return dx, dw if need_w else None, db, None, None, None
 
 

@@ -156,6 +156,21 @@ def test_conv2d_act_matches_torch(device: str, activation: str | None, dtype: to
     )
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "leaky_relu"])
+@pytest.mark.parametrize("name", ["multi-block", "groups-3-stride"])
+def test_conv2d_act_small_tiles(device: str, name: str, activation: str, small_tiles: None) -> None:
+    """The backward kernels read the saved output at the right place on every tile and group."""
+    shape, out_channels, kernel, kwargs = CASES[name]
+    tensors = _tensors(device, shape, out_channels, kernel, kwargs)
+    act = _REFERENCE_ACTIVATIONS[activation]
+    compare_with_torch(
+        f"conv2d_act[{activation}]",
+        lambda x, w, b: conv2d_act(x, w, b, **kwargs, activation=activation, slope=0.1),
+        lambda x, w, b: act(F.conv2d(x, w, b, **kwargs), 0.1),
+        tensors,
+    )
+
+
 def test_conv2d_act_positional_signature(device: str) -> None:
     """conv2d_act(input, weight, bias, stride, padding, dilation, groups, activation, slope)."""
     x, w, b = _tensors(device, (1, 2, 7, 6), 3, (2, 3), {})
