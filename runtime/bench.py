@@ -47,6 +47,7 @@ class Result:
     optimizer: str
     median_ms: float
     min_ms: float
+    host_ms: float  # median time for the host to issue a step (launch overhead, on CUDA)
     steps_per_s: float
     samples_per_s: float
     epoch_s: float | None = None
@@ -184,11 +185,11 @@ def _measure(
 ) -> Result:
     """Build, warm up and time one contender; with data on the device, time one epoch too."""
     runner = build_contender(contender, graph, device, inputs[0])
-    times = time_steps(runner.step, inputs, *counts, device)
+    times, host = time_steps(runner.step, inputs, *counts, device)
     median = statistics.median(times)
     result = Result(
         name=contender.name, backend=contender.backend, mode=runner.mode, optimizer=runner.optimizer,
-        median_ms=median, min_ms=min(times), steps_per_s=1000.0 / median,
+        median_ms=median, min_ms=min(times), host_ms=statistics.median(host), steps_per_s=1000.0 / median,
         samples_per_s=1000.0 * inputs[0][0].shape[0] / median, note=runner.note,
     )
     if images is not None and labels is not None:
@@ -227,26 +228,32 @@ def count_device_ops(step: Any, images: torch.Tensor, labels: torch.Tensor) -> i
 def time_steps(
     step: Any, inputs: list[tuple[torch.Tensor, torch.Tensor]], steps: int, warmup: int,
     device: torch.device,
-) -> list[float]:
-    """Milliseconds of each of `steps` consecutive steps, after `warmup` untimed ones."""
+) -> tuple[list[float], list[float]]:
+    """(ms of each step, host ms to issue each step) over `steps` steps after `warmup` untimed ones.
+
+    On CUDA a step's time is the gap between CUDA events recorded at its two
+    boundaries (launch gaps included); the host time is how long the Python
+    call took to return, the launch overhead when the GPU keeps up. On the
+    CPU both are the host clock's.
+    """
     for index in range(warmup):
         step(*inputs[index % len(inputs)])
-    if device.type != "cuda":
-        times = []
-        for index in range(steps):
-            start = time.perf_counter()
-            step(*inputs[index % len(inputs)])
-            times.append((time.perf_counter() - start) * 1000.0)
-        return times
-    # one event per step boundary: the gap between two is a step, launch gaps included
-    events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
-    torch.cuda.synchronize(device)
-    events[0].record()
+    on_cuda = device.type == "cuda"
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)] if on_cuda else []
+    host = []
+    if on_cuda:
+        torch.cuda.synchronize(device)
+        events[0].record()
     for index in range(steps):
+        start = time.perf_counter()
         step(*inputs[index % len(inputs)])
-        events[index + 1].record()
+        host.append((time.perf_counter() - start) * 1000.0)
+        if on_cuda:
+            events[index + 1].record()
+    if not on_cuda:
+        return host, host
     torch.cuda.synchronize(device)
-    return [events[i].elapsed_time(events[i + 1]) for i in range(steps)]
+    return [events[i].elapsed_time(events[i + 1]) for i in range(steps)], host
 
 
 def time_epoch(runner: Any, images: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
@@ -372,14 +379,14 @@ def format_report(report: Report) -> str:
         f"netc bench {report.file}: net {report.net} on {report.device} ({report.device_name}), "
         f"batch {report.batch}{_batch_note(report)}, {report.steps} timed steps after {report.warmup} "
         f"warm-up, {report.timer}",
-        f"{'contender':<18}{'backend':<9}{'mode':<25}{'ms/step':>10}{'steps/s':>11}{'samples/s':>12}"
-        f"{'netc is':>10}",
+        f"{'contender':<18}{'backend':<9}{'mode':<25}{'ms/step':>10}{'host ms':>10}{'steps/s':>11}"
+        f"{'samples/s':>12}{'netc is':>10}",
     ]
     for result in report.results:
         ratio = report.ratios.get(f"netc/{result.name}", 1.0 if result.name == "netc" else None)
         shown = f"{ratio:>9.3g}x" if ratio is not None else f"{'-':>10}"
         lines.append(f"{result.name:<18}{result.backend:<9}{result.mode:<25}{result.median_ms:>10.3f}"
-                     f"{result.steps_per_s:>11.4g}{result.samples_per_s:>12.4g}{shown}")
+                     f"{result.host_ms:>10.3f}{result.steps_per_s:>11.4g}{result.samples_per_s:>12.4g}{shown}")
     lines.append(f"epoch ({report.epoch_steps} steps; data: {report.epoch_data}):")
     for result in report.results:
         ops = f", {result.device_ops} GPU ops per step" if result.device_ops is not None else ""

@@ -53,6 +53,7 @@ def test_bench_numbers_are_consistent(lenet_report: dict) -> None:
         assert result["steps_per_s"] == pytest.approx(1000.0 / result["median_ms"])
         assert result["samples_per_s"] == pytest.approx(result["steps_per_s"] * lenet_report["batch"])
         assert 0 < result["min_ms"] <= result["median_ms"]
+        assert result["host_ms"] == result["median_ms"]  # on the CPU the host clock is the timer
         assert result["epoch_how"] == "estimated"
         assert result["epoch_s"] == pytest.approx(result["median_ms"] * lenet_report["epoch_steps"] / 1000)
     assert lenet_report["epoch_steps"] == 48000 // bench.CPU_BATCH  # 60000 minus val=0.2
@@ -81,7 +82,7 @@ def test_bench_in_process_table() -> None:
 
 def test_ratios_are_netc_over_others() -> None:
     def result(name: str, sps: float) -> bench.Result:
-        return bench.Result(name, "torch", "eager", "x", 1000 / sps, 1000 / sps, sps, sps)
+        return bench.Result(name, "torch", "eager", "x", 1000 / sps, 1000 / sps, 1000 / sps, sps, sps)
 
     assert bench.ratios([result("netc", 100.0), result("torch-eager", 25.0), result("b", 400.0)]) == {
         "netc/torch-eager": 4.0, "netc/b": 0.25}
@@ -100,9 +101,9 @@ def test_skip_rules(contender: Contender) -> None:
 def test_time_steps_counts_warmup_and_timed_calls() -> None:
     calls = []
     inputs = [(torch.zeros(1), torch.zeros(1)), (torch.ones(1), torch.ones(1))]
-    times = bench.time_steps(lambda x, y: calls.append(float(x)), inputs, steps=5, warmup=2,
-                             device=torch.device("cpu"))
-    assert len(times) == 5 and all(t >= 0 for t in times)
+    times, host = bench.time_steps(lambda x, y: calls.append(float(x)), inputs, steps=5, warmup=2,
+                                   device=torch.device("cpu"))
+    assert len(times) == 5 and all(t >= 0 for t in times) and host == times
     assert calls == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]  # batches rotate through warm-up and timing
 
 
