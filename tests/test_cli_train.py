@@ -31,7 +31,8 @@ train {{
 
 
 def netc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    # one thread: these runs are tiny, and OpenMP threads spin badly on a busy shared machine
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "netc.runtime.cli", *args], capture_output=True, text=True,
                             cwd=cwd or ROOT, env=env, timeout=600)
     assert "Traceback" not in result.stderr, result.stderr
