@@ -67,6 +67,9 @@ def test_bench_table_and_user_errors(tmp_path: Path) -> None:
     done = _cli("bench", str(broken), "--device", "cpu", "--steps", "1")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "broken.net:3" in done.stderr
+    if not torch.cuda.is_available():
+        done = _cli("bench", "examples/lenet.net", "--device", "cuda", "--steps", "1")
+        assert done.returncode == 1 and "Traceback" not in done.stderr and "CUDA" in done.stderr
 
 
 def test_bench_in_process_table() -> None:
