@@ -80,7 +80,7 @@ def build_contender(
     def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return net.loss(logits, targets, smoothing)
 
-    name = f"{type(optimizer).__module__.split('.')[0]}.{_public_module(optimizer)}{type(optimizer).__name__}"
+    name = _optimizer_name(optimizer)
     if contender.compiled:
         step = _compiled_step(net, optimizer, loss_fn, str(contender.compile_mode), graph.train.clip)
         return Runner(step, f"compile-{contender.compile_mode}", name, optimizer_note)
@@ -90,9 +90,10 @@ def build_contender(
     return Runner(fast, fast.mode, name, note, fast)
 
 
-def _public_module(optimizer: torch.optim.Optimizer) -> str:
-    module = type(optimizer).__module__
-    return "kernels." if module.startswith("netc.") else "optim."
+def _optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    """Its public name: "netc.kernels.SGD" or "torch.optim.SGD"."""
+    package = "netc.kernels" if type(optimizer).__module__.startswith("netc.") else "torch.optim"
+    return f"{package}.{type(optimizer).__name__}"
 
 
 def make_optimizer(
