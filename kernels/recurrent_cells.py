@@ -60,7 +60,7 @@ def lstm_cell(pre_i, pre_f, pre_g, pre_o, c_prev):
 @triton.jit
 def lstm_cell_back(dh, dc, i, f, g, o, c, c_prev):
     """Gradients of h_t and c_t (the latter from step t+1) -> (d_i, d_f, d_g, d_o, gradient of c_{t-1})."""
-    tanh_c = _tanh(c)
+    tanh_c = 2.0 * tl.sigmoid(2.0 * c) - 1.0  # tanh, inlined: each jit call costs the interpreter
     dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
     d_i = dc * g * i * (1.0 - i)
     d_f = dc * c_prev * f * (1.0 - f)
@@ -104,26 +104,20 @@ def load4(ptr, H, mask):
 
 
 @triton.jit
-def _hidden_proj(h, w_ptr, b_ptr, gate, H, s_w0, s_w1, s_b,
-                 HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, PRECISION: tl.constexpr):
-    """h (BLOCK_N, BLOCK_H) @ W_g^T + b_g, W_g = rows [gate*H, gate*H + H) of W (G*H, H)."""
-    k = tl.arange(0, BLOCK_H)[:, None]  # input unit
-    j = tl.arange(0, BLOCK_H)[None, :]  # output unit
-    w_t = tl.load(w_ptr + (gate * H + j) * s_w0 + k * s_w1, mask=(k < H) & (j < H), other=0.0)
-    out = tl.dot(h, w_t, input_precision=PRECISION, out_dtype=h.dtype)
-    if HAS_BIAS:
-        cols = tl.arange(0, BLOCK_H)
-        out += tl.load(b_ptr + (gate * H + cols) * s_b, mask=cols < H, other=0.0)[None, :]
-    return out
+def _gate_mm(a, w_gate_ptr, w_off, w_mask, PRECISION: tl.constexpr):
+    """a (BLOCK_N, BLOCK_H) @ the (BLOCK_H, BLOCK_H) tile at w_gate_ptr + w_off, zero-padded by w_mask."""
+    w = tl.load(w_gate_ptr + w_off, mask=w_mask, other=0.0)
+    return tl.dot(a, w, input_precision=PRECISION, out_dtype=a.dtype)
 
 
 @triton.jit
-def _hidden_back(d, w_ptr, gate, H, s_w0, s_w1, BLOCK_H: tl.constexpr, PRECISION: tl.constexpr):
-    """d (BLOCK_N, BLOCK_H) @ W_g: what a gate pre-activation's gradient sends to h_{t-1}."""
-    j = tl.arange(0, BLOCK_H)[:, None]  # output unit of the gate
-    k = tl.arange(0, BLOCK_H)[None, :]  # input unit
-    w = tl.load(w_ptr + (gate * H + j) * s_w0 + k * s_w1, mask=(j < H) & (k < H), other=0.0)
-    return tl.dot(d, w, input_precision=PRECISION, out_dtype=d.dtype)
+def _gate_bias(b_ptr, gate, H, s_b, cols, LOAD: tl.constexpr):
+    """(1, BLOCK_H) bias_hh of one gate (zeros unless LOAD), loaded once per launch."""
+    if LOAD:
+        bias = tl.load(b_ptr + (gate * H + cols) * s_b, mask=cols < H, other=0.0)
+    else:
+        bias = tl.zeros(cols.shape, dtype=b_ptr.dtype.element_ty)
+    return bias[None, :]
 
 
 @triton.jit
@@ -147,32 +141,45 @@ def seq_fwd_kernel(
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_H)
     mask = (rows < N)[:, None] & (cols < H)[None, :]
-    seq_at = rows[:, None] * (T * H) + cols[None, :]  # (row, t=0, col) in y and c
+    # W_g^T tile (input unit k, output unit j); offsets built once, outside the time loop
+    w_off = cols[None, :] * s_w0 + cols[:, None] * s_w1
+    w_mask = (cols < H)[None, :] & (cols < H)[:, None]
+    w_gate = H * s_w0  # from one gate's rows to the next
+    # bias_hh per gate, (1, BLOCK_H); gates past G are never read
+    b_0 = _gate_bias(b_ptr, 0, H, s_b, cols, HAS_BIAS)
+    b_1 = _gate_bias(b_ptr, 1, H, s_b, cols, HAS_BIAS and G > 1)
+    b_2 = _gate_bias(b_ptr, 2, H, s_b, cols, HAS_BIAS and G > 2)
+    b_3 = _gate_bias(b_ptr, 3, H, s_b, cols, HAS_BIAS and G > 3)
+    x_at = xg_ptr + rows[:, None] * (T * G * H) + cols[None, :]  # step 0, gate 0
+    y_at = y_ptr + rows[:, None] * (T * H) + cols[None, :]
+    c_at = c_ptr + rows[:, None] * (T * H) + cols[None, :]
+    gates_at = gates_ptr + rows[:, None] * (T * 4 * H) + cols[None, :]
     h = tl.zeros((BLOCK_N, BLOCK_H), dtype=y_ptr.dtype.element_ty)  # padded rows/cols stay finite
     c = tl.zeros((BLOCK_N, BLOCK_H), dtype=y_ptr.dtype.element_ty)
     for t in range(T):
-        x_t = xg_ptr + rows[:, None] * (T * G * H) + t * (G * H) + cols[None, :]
-        gates_t = gates_ptr + rows[:, None] * (T * 4 * H) + t * (4 * H) + cols[None, :]
+        x_t = x_at + t * (G * H)
         if CELL == LSTM:
             x_i, x_f, x_g, x_o = load4(x_t, H, mask)
-            i, f, g, o, c, h = lstm_cell(
-                x_i + _hidden_proj(h, w_ptr, b_ptr, 0, H, s_w0, s_w1, s_b, HAS_BIAS, BLOCK_H, PRECISION),
-                x_f + _hidden_proj(h, w_ptr, b_ptr, 1, H, s_w0, s_w1, s_b, HAS_BIAS, BLOCK_H, PRECISION),
-                x_g + _hidden_proj(h, w_ptr, b_ptr, 2, H, s_w0, s_w1, s_b, HAS_BIAS, BLOCK_H, PRECISION),
-                x_o + _hidden_proj(h, w_ptr, b_ptr, 3, H, s_w0, s_w1, s_b, HAS_BIAS, BLOCK_H, PRECISION), c)
-            store4(gates_t, H, i, f, g, o, mask)
-            tl.store(c_ptr + seq_at + t * H, c, mask=mask)
+            i, f, g, o, c, h = lstm_cell(x_i + b_0 + _gate_mm(h, w_ptr, w_off, w_mask, PRECISION),
+                                         x_f + b_1 + _gate_mm(h, w_ptr + w_gate, w_off, w_mask, PRECISION),
+                                         x_g + b_2 + _gate_mm(h, w_ptr + 2 * w_gate, w_off, w_mask,
+                                                              PRECISION),
+                                         x_o + b_3 + _gate_mm(h, w_ptr + 3 * w_gate, w_off, w_mask,
+                                                              PRECISION),
+                                         c)
+            store4(gates_at + t * (4 * H), H, i, f, g, o, mask)
+            tl.store(c_at + t * H, c, mask=mask)
         elif CELL == GRU:
-            h_r = _hidden_proj(h, w_ptr, b_ptr, 0, H, s_w0, s_w1, s_b, HAS_BIAS, BLOCK_H, PRECISION)
-            h_z = _hidden_proj(h, w_ptr, b_ptr, 1, H, s_w0, s_w1, s_b, HAS_BIAS, BLOCK_H, PRECISION)
-            h_n = _hidden_proj(h, w_ptr, b_ptr, 2, H, s_w0, s_w1, s_b, HAS_BIAS, BLOCK_H, PRECISION)
+            h_r = b_0 + _gate_mm(h, w_ptr, w_off, w_mask, PRECISION)
+            h_z = b_1 + _gate_mm(h, w_ptr + w_gate, w_off, w_mask, PRECISION)
+            h_n = b_2 + _gate_mm(h, w_ptr + 2 * w_gate, w_off, w_mask, PRECISION)
             r, z, n, h = gru_cell(tl.load(x_t, mask=mask, other=0.0), tl.load(x_t + H, mask=mask, other=0.0),
                                   tl.load(x_t + 2 * H, mask=mask, other=0.0), h_r, h_z, h_n, h)
-            store4(gates_t, H, r, z, n, h_n, mask)
+            store4(gates_at + t * (4 * H), H, r, z, n, h_n, mask)
         else:
-            h = rnn_cell(tl.load(x_t, mask=mask, other=0.0) + _hidden_proj(
-                h, w_ptr, b_ptr, 0, H, s_w0, s_w1, s_b, HAS_BIAS, BLOCK_H, PRECISION), CELL)
-        tl.store(y_ptr + seq_at + t * H, h, mask=mask)
+            h = rnn_cell(tl.load(x_t, mask=mask, other=0.0) + b_0
+                         + _gate_mm(h, w_ptr, w_off, w_mask, PRECISION), CELL)
+        tl.store(y_at + t * H, h, mask=mask)
     if CELL == LSTM:
         tl.store(cn_ptr + rows[:, None] * H + cols[None, :], c, mask=mask)
 
@@ -199,32 +206,38 @@ def seq_bwd_kernel(
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_H)
     mask = (rows < N)[:, None] & (cols < H)[None, :]
-    seq_at = rows[:, None] * (T * H) + cols[None, :]  # (row, t=0, col) in y and c
+    # W_g tile (output unit j, input unit k): d (BLOCK_N, j) @ W_g sends the gradient to h_{t-1}
+    w_off = cols[:, None] * s_w0 + cols[None, :] * s_w1
+    w_mask = (cols < H)[:, None] & (cols < H)[None, :]
+    w_gate = H * s_w0
+    dy_at = dy_ptr + rows[:, None] * s_dy0 + cols[None, :] * s_dy2
+    y_at = y_ptr + rows[:, None] * (T * H) + cols[None, :]
+    c_at = c_ptr + rows[:, None] * (T * H) + cols[None, :]
+    gates_at = gates_ptr + rows[:, None] * (T * 4 * H) + cols[None, :]
+    dg_at = rows[:, None] * (T * G * H) + cols[None, :]
     dh_next = tl.zeros((BLOCK_N, BLOCK_H), dtype=y_ptr.dtype.element_ty)  # from step t+1 into h_t
     dc = tl.zeros((BLOCK_N, BLOCK_H), dtype=y_ptr.dtype.element_ty)
     if CELL == LSTM:
         dc += tl.load(dcn_ptr + rows[:, None] * H + cols[None, :], mask=mask, other=0.0)
     for step in range(T):
         t = T - 1 - step
-        dh = dh_next + tl.load(dy_ptr + rows[:, None] * s_dy0 + t * s_dy1 + cols[None, :] * s_dy2,
-                               mask=mask, other=0.0)
+        dh = dh_next + tl.load(dy_at + t * s_dy1, mask=mask, other=0.0)
         prev_mask = mask & (rows * 0 + t > 0)[:, None]  # h_{-1} = c_{-1} = 0
-        dg_t = rows[:, None] * (T * G * H) + t * (G * H) + cols[None, :]
-        gates_t = gates_ptr + rows[:, None] * (T * 4 * H) + t * (4 * H) + cols[None, :]
+        dg_t = dg_at + t * (G * H)
         if CELL == LSTM:
-            i, f, g, o = load4(gates_t, H, mask)
+            i, f, g, o = load4(gates_at + t * (4 * H), H, mask)
             d_i, d_f, d_g, d_o, dc = lstm_cell_back(
-                dh, dc, i, f, g, o, tl.load(c_ptr + seq_at + t * H, mask=mask, other=0.0),
-                tl.load(c_ptr + seq_at + (t - 1) * H, mask=prev_mask, other=0.0))
+                dh, dc, i, f, g, o, tl.load(c_at + t * H, mask=mask, other=0.0),
+                tl.load(c_at + (t - 1) * H, mask=prev_mask, other=0.0))
             store4(dgx_ptr + dg_t, H, d_i, d_f, d_g, d_o, mask)
-            dh_next = (_hidden_back(d_i, w_ptr, 0, H, s_w0, s_w1, BLOCK_H, PRECISION)
-                       + _hidden_back(d_f, w_ptr, 1, H, s_w0, s_w1, BLOCK_H, PRECISION)
-                       + _hidden_back(d_g, w_ptr, 2, H, s_w0, s_w1, BLOCK_H, PRECISION)
-                       + _hidden_back(d_o, w_ptr, 3, H, s_w0, s_w1, BLOCK_H, PRECISION))
+            dh_next = (_gate_mm(d_i, w_ptr, w_off, w_mask, PRECISION)
+                       + _gate_mm(d_f, w_ptr + w_gate, w_off, w_mask, PRECISION)
+                       + _gate_mm(d_g, w_ptr + 2 * w_gate, w_off, w_mask, PRECISION)
+                       + _gate_mm(d_o, w_ptr + 3 * w_gate, w_off, w_mask, PRECISION))
         elif CELL == GRU:
-            r, z, n, h_n = load4(gates_t, H, mask)
+            r, z, n, h_n = load4(gates_at + t * (4 * H), H, mask)
             d_r, d_z, d_n, d_hn, dh_direct = gru_cell_back(
-                dh, r, z, n, h_n, tl.load(y_ptr + seq_at + (t - 1) * H, mask=prev_mask, other=0.0))
+                dh, r, z, n, h_n, tl.load(y_at + (t - 1) * H, mask=prev_mask, other=0.0))
             tl.store(dgx_ptr + dg_t, d_r, mask=mask)
             tl.store(dgx_ptr + dg_t + H, d_z, mask=mask)
             tl.store(dgx_ptr + dg_t + 2 * H, d_n, mask=mask)
@@ -232,10 +245,10 @@ def seq_bwd_kernel(
             tl.store(dgh_ptr + dg_t + H, d_z, mask=mask)
             tl.store(dgh_ptr + dg_t + 2 * H, d_hn, mask=mask)
             dh_next = (dh_direct
-                       + _hidden_back(d_r, w_ptr, 0, H, s_w0, s_w1, BLOCK_H, PRECISION)
-                       + _hidden_back(d_z, w_ptr, 1, H, s_w0, s_w1, BLOCK_H, PRECISION)
-                       + _hidden_back(d_hn, w_ptr, 2, H, s_w0, s_w1, BLOCK_H, PRECISION))
+                       + _gate_mm(d_r, w_ptr, w_off, w_mask, PRECISION)
+                       + _gate_mm(d_z, w_ptr + w_gate, w_off, w_mask, PRECISION)
+                       + _gate_mm(d_hn, w_ptr + 2 * w_gate, w_off, w_mask, PRECISION))
         else:
-            d_pre = rnn_cell_back(dh, tl.load(y_ptr + seq_at + t * H, mask=mask, other=0.0), CELL)
+            d_pre = rnn_cell_back(dh, tl.load(y_at + t * H, mask=mask, other=0.0), CELL)
             tl.store(dgx_ptr + dg_t, d_pre, mask=mask)
-            dh_next = _hidden_back(d_pre, w_ptr, 0, H, s_w0, s_w1, BLOCK_H, PRECISION)
+            dh_next = _gate_mm(d_pre, w_ptr, w_off, w_mask, PRECISION)
