@@ -21,7 +21,7 @@ CASES: dict[str, tuple[tuple[int, ...], int, tuple[int, int], dict]] = {
     "dilation": ((1, 2, 11, 9), 3, (3, 3), {"dilation": 2, "padding": 2}),
     "stride-over-kernel": ((2, 2, 11, 9), 3, (2, 2), {"stride": 3}),
     "groups": ((2, 4, 7, 9), 6, (3, 3), {"groups": 2, "padding": 1}),
-    "groups-3-stride": ((1, 6, 9, 7), 9, (3, 2), {"groups": 3, "stride": (1, 2), "padding": (0, 1)}),
+    "groups-3-stride": ((2, 6, 9, 7), 9, (3, 2), {"groups": 3, "stride": (1, 2), "padding": (0, 1)}),
     "depthwise": ((2, 3, 9, 7), 3, (3, 3), {"groups": 3, "padding": 1}),
     "depthwise-x2": ((2, 3, 9, 7), 6, (3, 3), {"groups": 3, "stride": 2}),
     "batch1-single-channel": ((1, 1, 7, 9), 1, (3, 3), {}),
