@@ -54,6 +54,7 @@ class Result:
     epoch_graph_s: float | None = None  # the same epoch as one CUDA graph (fastpath.StepSequence)
     epoch_how: str = ""  # "measured" or "estimated" (steps per epoch x median step)
     device_ops: int | None = None  # kernels + copies + memsets the profiler saw in one step (CUDA)
+    triton_launches: dict[str, int] | None = None  # Triton kernel -> launches in one eager step
     note: str = ""
 
 
@@ -192,6 +193,8 @@ def _measure(
         median_ms=median, min_ms=min(times), host_ms=statistics.median(host), steps_per_s=1000.0 / median,
         samples_per_s=1000.0 * inputs[0][0].shape[0] / median, note=runner.note,
     )
+    if runner.fast is not None and contender.backend == "triton":
+        result.triton_launches = count_triton_launches(runner.fast.eager, *inputs[0])
     if images is not None and labels is not None:
         result.epoch_s = time_epoch(runner, images, labels, inputs[0][0].shape[0])
         result.epoch_how = "measured"
@@ -202,6 +205,38 @@ def _measure(
             except Exception as error:  # an extra: the per-step numbers above stand without it
                 result.note = "; ".join(filter(None, [result.note, f"whole-epoch graph failed: {error}"]))
     return result
+
+
+def count_triton_launches(step: Any, images: torch.Tensor, labels: torch.Tensor) -> dict[str, int]:
+    """Triton kernel name -> launches in one eager call of `step` (compiled or interpreted).
+
+    Counts `kernel[grid](...)` calls by wrapping `run` of Triton's JIT and
+    interpreter kernel classes for the duration of the call: the launches a
+    step issues from Python, which a CUDA graph would replay as one.
+    """
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    counts: dict[str, int] = {}
+    originals = {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
+
+    def counting(original: Callable[..., Any]) -> Callable[..., Any]:
+        def run(self: Any, *args: Any, warmup: bool = False, **kwargs: Any) -> Any:
+            if not warmup:
+                name = getattr(self, "__name__", None) or getattr(self.fn, "__name__", "kernel")
+                counts[name] = counts.get(name, 0) + 1
+            return original(self, *args, warmup=warmup, **kwargs)
+
+        return run
+
+    try:
+        for cls, original in originals.items():
+            cls.run = counting(original)  # type: ignore[method-assign]
+        step(images, labels)
+    finally:
+        for cls, original in originals.items():
+            cls.run = original  # type: ignore[method-assign]
+    return dict(sorted(counts.items()))
 
 
 def count_device_ops(step: Any, images: torch.Tensor, labels: torch.Tensor) -> int | None:
@@ -390,6 +425,8 @@ def format_report(report: Report) -> str:
     lines.append(f"epoch ({report.epoch_steps} steps; data: {report.epoch_data}):")
     for result in report.results:
         ops = f", {result.device_ops} GPU ops per step" if result.device_ops is not None else ""
+        if result.triton_launches is not None:
+            ops += f", {sum(result.triton_launches.values())} Triton launches per step"
         if result.epoch_graph_s is not None:
             ops += f"; {_duration(result.epoch_graph_s)} as one CUDA graph"
         lines.append(f"  {result.name:<16}{_duration(result.epoch_s):>12} ({result.epoch_how}{ops})")

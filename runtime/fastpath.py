@@ -219,6 +219,10 @@ class TrainStep:
         self._replays_since_capture = 0
         self._capture()
 
+    def eager(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One step run eagerly whatever the mode (a graph, if any, stays valid): for diagnostics."""
+        return self._eager_fallback(images, labels)
+
     def _eager_fallback(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self._graph is None:
             return self._eager_step(images, labels)

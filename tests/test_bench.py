@@ -57,6 +57,10 @@ def test_bench_numbers_are_consistent(lenet_report: dict) -> None:
         assert result["epoch_how"] == "estimated"
         assert result["epoch_s"] == pytest.approx(result["median_ms"] * lenet_report["epoch_steps"] / 1000)
     assert lenet_report["epoch_steps"] == 48000 // bench.CPU_BATCH  # 60000 minus val=0.2
+    launches = by_name["netc"]["triton_launches"]
+    # at least a forward and a backward kernel per parameterised layer, the loss and the optimizer
+    assert sum(launches.values()) >= 8 and all(count > 0 for count in launches.values())
+    assert by_name["torch-eager"]["triton_launches"] is None
     expected = by_name["netc"]["steps_per_s"] / by_name["torch-eager"]["steps_per_s"]
     assert lenet_report["ratios"] == {"netc/torch-eager": pytest.approx(expected)}
 
@@ -108,6 +112,26 @@ def test_time_steps_counts_warmup_and_timed_calls() -> None:
                                    device=torch.device("cpu"))
     assert len(times) == 5 and all(t >= 0 for t in times) and host == times
     assert calls == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]  # batches rotate through warm-up and timing
+
+
+def test_count_triton_launches_counts_each_kernel(device: str) -> None:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _double_kernel(x_ptr, n, BLOCK: tl.constexpr):  # x (n,) float32, doubled in place
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < n
+        tl.store(x_ptr + offsets, tl.load(x_ptr + offsets, mask=mask) * 2, mask=mask)
+
+    def step(x: torch.Tensor, repeats: torch.Tensor) -> None:
+        for _ in range(int(repeats)):
+            _double_kernel[(triton.cdiv(x.numel(), 32),)](x, x.numel(), BLOCK=32)
+
+    x = torch.ones(37, device=device)
+    assert bench.count_triton_launches(step, x, torch.tensor(3)) == {"_double_kernel": 3}
+    assert float(x.min()) == 8.0  # the kernels really ran
+    assert bench.count_triton_launches(step, x, torch.tensor(0)) == {}
 
 
 def test_epoch_data_falls_back_to_synthetic(tmp_path: Path) -> None:
