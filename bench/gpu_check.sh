@@ -120,6 +120,9 @@ step train_lenet 75 "$OUT/train.log" "$OUT/train.log" \
 step train_rnn 75 "$OUT/train.log" "$OUT/train.log" \
   "${NETC[@]}" train examples/rnn.net --epochs 1 --device cuda --out /tmp/netc-runs/rnn
 step bench_rnn 120 "$OUT/bench_rnn.json" "$LOG" "${NETC[@]}" bench examples/rnn.net --device cuda --json
+# the tables and goal checks for docs/PERFORMANCE.md, from whatever JSON the steps left
+python3 bench/summarize.py "$OUT/bench_lenet.json" "$OUT/bench_rnn.json" "$OUT/rnn_cudnn.json" \
+  >>"$SUMMARY" 2>&1
 note "total $(($(date +%s) - START))s; files in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
 echo "----- summary.txt"
 cat "$SUMMARY"

@@ -196,3 +196,37 @@ def test_gpu_check_records_failures_and_goes_on(tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         assert all(line.startswith("FAIL") for line in lines)
     assert (tmp_path / "check.log").exists() and (tmp_path / "rnn_cudnn.json").exists()
+
+
+def _fake_cuda_report(ratios: dict[str, float], epoch_s: float, epoch_graph_s: float | None) -> dict:
+    def result(name: str) -> dict:
+        return {"name": name, "mode": "graph", "optimizer": "x", "median_ms": 0.1, "host_ms": 0.02,
+                "steps_per_s": 1e4, "epoch_s": epoch_s, "epoch_how": "measured",
+                "epoch_graph_s": epoch_graph_s, "device_ops": 20, "triton_launches": {"k": 16}}
+
+    return {"file": "examples/lenet.net", "net": "lenet", "device": "cuda", "device_name": "H200",
+            "batch": 100, "steps": 200, "warmup": 25, "timer": "CUDA events",
+            "versions": {"commit": "abc", "torch": "2.11", "triton": "3.6"}, "epoch_data": "mnist",
+            "results": [result("netc"), *(result(name.split("/")[1]) for name in ratios)],
+            "skipped": {}, "failed": {"torch-graph": "boom"}, "ratios": ratios}
+
+
+def test_summarize_checks_the_goals(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import summarize
+    finally:
+        sys.path.pop(0)
+    report = _fake_cuda_report({"netc/torch-eager": 12.0, "netc/torch-compile": 2.5}, 0.025, 0.018)
+    (tmp_path / "lenet.json").write_text(json.dumps(report))
+    (tmp_path / "rnn.json").write_text(json.dumps({
+        "shape": {"batch": 100}, "device": "H200", "netc_ms": 0.2, "torch_ms": 0.5, "speedup": 2.5,
+        "reference": "cuDNN", "timer": "CUDA events", "repeats": 200, "max_rel_error": {"output": 1e-7}}))
+    text = summarize.summarize([str(tmp_path / "lenet.json"), str(tmp_path / "rnn.json"),
+                                str(tmp_path / "missing.json")])
+    assert "PASS: netc/torch-eager = 12x (goal >= 10x)" in text
+    assert "MISS: netc/torch-compile = 2.5x (goal >= 3x)" in text
+    assert "PASS: netc epoch 18.00 ms (goal <= 20 ms)" in text  # the one-graph epoch is the best
+    assert "MISS: row RNN speedup 2.5x (goal >= 3x)" in text
+    assert "FAILED torch-graph: boom" in text and "missing.json: unreadable" in text
+    assert text.count("| netc |") == 1 and "| 16 |" in text
