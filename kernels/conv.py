@@ -136,6 +136,10 @@ def _conv2d_fwd_kernel(
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,  # tl.dot or sum of products; dot precision
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """y = act(x * w + b), a GEMM (N*OH*OW) x OC/groups x (C/groups*KH*KW) per group.
+
+    Precision: float32 tl.dot at PRECISION ("ieee" unless ALLOW_TF32), float32 accumulator;
+    float64 inputs: float64 sum of products."""
     group = tl.program_id(2)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # flat (n, oh, ow)
     row_ok = rows < M
@@ -184,6 +188,10 @@ def _conv2d_bwd_input_kernel(
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """dx = dz (*) flipped w, a GEMM (N*H*W) x C/groups x (OC/groups*KH*KW) per group.
+
+    Precision: as _conv2d_fwd_kernel. With stride s, all but 1/s^2 of the (oc, kh, kw) taps
+    of a row miss every output position: they are loaded masked, so the K loop does s^2 the work."""
     group = tl.program_id(2)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # flat (n, h, w)
     row_ok = rows < M
@@ -236,6 +244,9 @@ def _conv2d_bwd_weight_kernel(
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """dw = dz^T (*) x, a GEMM OC/groups x (C/groups*KH*KW) x (N*OH*OW) per group; db = row sums of dz.
+
+    Precision: as _conv2d_fwd_kernel; db accumulates in the input dtype."""
     group = tl.program_id(2)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # output channel within the group
     row_ok = rows < OCG

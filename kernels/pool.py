@@ -43,6 +43,7 @@ def _max_pool2d_fwd_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    """Window max and its flat H*W index, compared in the input dtype (no arithmetic)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (n, c, oh, ow)
     ok = offs < total
     ow = offs % OW
@@ -77,6 +78,7 @@ def _max_pool2d_bwd_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    """Each input element gathers the gradients of the windows whose argmax it is (input-dtype sums)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (n, c, h, w)
     ok = offs < total
     w_in = offs % W
@@ -133,6 +135,7 @@ def _avg_pool2d_fwd_kernel(
     divisor,  # divisor_override, or 0 for none
     KH: tl.constexpr, KW: tl.constexpr, COUNT_PAD: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    """Window sums in the input dtype, divided as PyTorch divides."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (n, c, oh, ow)
     ok = offs < total
     ow = offs % OW
@@ -161,6 +164,7 @@ def _avg_pool2d_bwd_kernel(
     divisor,  # divisor_override, or 0 for none
     KH: tl.constexpr, KW: tl.constexpr, COUNT_PAD: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    """Each input element gathers grad / divisor from the windows that cover it (input-dtype sums)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (n, c, h, w)
     ok = offs < total
     w_in = offs % W

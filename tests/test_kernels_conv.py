@@ -209,3 +209,30 @@ def test_bad_arguments_raise_value_error(device: str, kwargs: dict, weight_shape
     x = torch.randn(1, 2, 5, 5, device=device)
     with pytest.raises(ValueError, match=match):
         conv2d(x, torch.randn(*weight_shape, device=device), **kwargs)
+
+
+def test_dot_precision_is_ieee_unless_tf32_is_allowed_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    gemm = (40, 20, 30)
+    assert conv._dot_args(torch.float32, "fwd", gemm)["PRECISION"] == "ieee"
+    assert conv._dot_args(torch.float64, "fwd", gemm)["USE_DOT"] is False  # float64: sums of products
+    monkeypatch.setattr(conv, "ALLOW_TF32", True)
+    monkeypatch.setattr(conv.config, "interpreting", lambda: False)
+    assert conv._dot_args(torch.float32, "bwd_weight", gemm)["PRECISION"] == "tf32"
+    monkeypatch.setattr(conv.config, "interpreting", lambda: True)
+    assert conv._dot_args(torch.float32, "bwd_input", gemm)["PRECISION"] == "ieee"
+
+
+@pytest.mark.parametrize("interpreted", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_launch_configs_fit_triton(interpreted: bool, dtype: torch.dtype) -> None:
+    """Power-of-two tiles, dot sides >= 16, and no block over Triton's 2**20-element limit."""
+    for kind in ("fwd", "bwd_input", "bwd_weight"):
+        for gemm in [(1, 1, 1), (50176, 6, 25), (6, 25, 50176), (10**6, 512, 4608), (17, 300, 9)]:
+            cfg = conv._launch_config(kind, dtype, interpreted, gemm)
+            sides = (cfg.block_m, cfg.block_n, cfg.block_k)
+            assert all(side & (side - 1) == 0 for side in sides), (kind, gemm, cfg)
+            if dtype == torch.float32:
+                assert min(sides) >= 16, (kind, gemm, cfg)
+                assert max(cfg.block_m * cfg.block_k, cfg.block_k * cfg.block_n) <= 1 << 20
+            else:
+                assert cfg.block_m * cfg.block_k * cfg.block_n <= 1 << 20, (kind, gemm, cfg)
