@@ -13,10 +13,12 @@ float32; float64 inputs give float64 dots).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
 from netc.kernels import config
 from netc.kernels.recurrent_cells import GRU, LSTM, RNN_RELU, RNN_TANH, seq_bwd_kernel, seq_fwd_kernel
@@ -63,6 +65,25 @@ def _seq_blocks(cfg: LaunchConfig, batch: int, hidden: int) -> tuple[int, int, i
     return block_n, block_h, 4 if block_h <= 64 else 8
 
 
+# (pass, cell, dtype, BLOCK_H, device) whose persistent kernel asked for more shared memory than the
+# GPU has (Triton keeps the G loop-invariant gate tiles there); those layers run per step instead.
+# Compiled for sm_90 by triton 3.9, float32 rnn fits 227 KiB (H200) up to H = 128, lstm and gru up
+# to H = 64; float64 halves that.
+_PERSISTENT_TOO_BIG: set[tuple[Any, ...]] = set()
+
+
+def _try_persistent(key: tuple[Any, ...], launch: Callable[[], None]) -> bool:
+    """Launch a persistent kernel unless `key` is known not to fit; False when it does not."""
+    if key in _PERSISTENT_TOO_BIG:
+        return False
+    try:
+        launch()  # Triton checks shared memory before launching, so a refusal leaves nothing half done
+    except OutOfResources:
+        _PERSISTENT_TOO_BIG.add(key)
+        return False
+    return True
+
+
 def _gemm(a: Matrix, b: Matrix, out: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     cfg = launch_config()
     return gemm(a, b, out, bias, cfg.precision, cfg.gemm_block, cfg.gemm_warps)
@@ -85,16 +106,18 @@ def _layer_forward(
     gates = config.new_empty((batch, steps, 4 * hidden), x) if cell in (LSTM.value, GRU.value) else y
     cells = config.new_empty((batch, steps, hidden), x) if cell == LSTM.value else y
     c_n = config.new_empty((batch, hidden), x) if cell == LSTM.value else y
-    if hidden > cfg.max_hidden:
-        steps_forward(xg, w_hh, b_hh, (y, gates, cells, c_n), cell, cfg)
-        return y, gates, cells, c_n
     block_n, block_h, warps = _seq_blocks(cfg, batch, hidden)
-    seq_fwd_kernel[(triton.cdiv(batch, block_n),)](
-        xg, w_hh, b_hh if b_hh is not None else w_hh, y, gates, cells, c_n,
-        batch, steps, hidden, w_hh.stride(0), w_hh.stride(1), b_hh.stride(0) if b_hh is not None else 0,
-        CELL=cell, G=_GATES[cell], HAS_BIAS=b_hh is not None, BLOCK_N=block_n, BLOCK_H=block_h,
-        PRECISION=cfg.precision, num_warps=warps,
-    )
+
+    def launch() -> None:
+        seq_fwd_kernel[(triton.cdiv(batch, block_n),)](
+            xg, w_hh, b_hh if b_hh is not None else w_hh, y, gates, cells, c_n,
+            batch, steps, hidden, w_hh.stride(0), w_hh.stride(1), b_hh.stride(0) if b_hh is not None else 0,
+            CELL=cell, G=_GATES[cell], HAS_BIAS=b_hh is not None, BLOCK_N=block_n, BLOCK_H=block_h,
+            PRECISION=cfg.precision, num_warps=warps,
+        )
+
+    if hidden > cfg.max_hidden or not _try_persistent(("fwd", cell, x.dtype, block_h, x.device), launch):
+        steps_forward(xg, w_hh, b_hh, (y, gates, cells, c_n), cell, cfg)
     return y, gates, cells, c_n
 
 
@@ -110,9 +133,19 @@ def _gate_grads(
     dgx = config.new_empty((batch, steps, w_hh.shape[0]), y)
     dgh = config.new_empty(dgx.shape, y) if cell == GRU.value else dgx
     dc_n = dc_n.contiguous() if dc_n is not None else y
-    if hidden > cfg.max_hidden:
+    block_n, block_h, warps = _seq_blocks(cfg, batch, hidden)
+
+    def launch() -> None:
+        seq_bwd_kernel[(triton.cdiv(batch, block_n),)](
+            dy, dc_n, w_hh, y, gates, cells, dgx, dgh, batch, steps, hidden,
+            w_hh.stride(0), w_hh.stride(1), dy.stride(0), dy.stride(1), dy.stride(2),
+            CELL=cell, G=_GATES[cell], BLOCK_N=block_n, BLOCK_H=block_h, PRECISION=cfg.precision,
+            num_warps=warps,
+        )
+
+    if hidden > cfg.max_hidden or not _try_persistent(("bwd", cell, y.dtype, block_h, y.device), launch):
         steps_backward(dy, dc_n, w_hh, saved, (dgx, dgh), cell, cfg)
-        return dgx, dgh
+    return dgx, dgh
     block_n, block_h, warps = _seq_blocks(cfg, batch, hidden)
     seq_bwd_kernel[(triton.cdiv(batch, block_n),)](
         dy, dc_n, w_hh, y, gates, cells, dgx, dgh, batch, steps, hidden,

@@ -125,6 +125,32 @@ def test_per_step_fallback(kind: str, device: str, monkeypatch: pytest.MonkeyPat
     _compare(kind, (3, 1, 4, 17), 1, False, "last", device)
 
 
+class _RefusingKernel:
+    """Stands in for a persistent kernel that the GPU refuses for want of shared memory."""
+
+    def __init__(self) -> None:
+        self.launches = 0
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Any:
+        def launch(*args: Any, **kwargs: Any) -> None:
+            self.launches += 1
+            raise recurrent.OutOfResources(300_000, 232_448, "shared memory")
+
+        return launch
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_falls_back_when_shared_memory_runs_out(kind: str, device: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A persistent kernel too big for the GPU runs per step instead, and is not retried."""
+    forward, backward = _RefusingKernel(), _RefusingKernel()
+    monkeypatch.setattr(recurrent, "seq_fwd_kernel", forward)
+    monkeypatch.setattr(recurrent, "seq_bwd_kernel", backward)
+    monkeypatch.setattr(recurrent, "_PERSISTENT_TOO_BIG", set())
+    _compare(kind, (3, 4, 5, 6), 2, True, "sequence", device)
+    assert (forward.launches, backward.launches) == (1, 1)  # both layers share one (cell, dtype, BLOCK_H)
+
+
 @pytest.mark.parametrize("kind", ["rnn_relu", "lstm", "gru"])
 def test_batch_split_over_programs(kind: str, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """19 rows at 16 per program: two programs, the second mostly masked."""
