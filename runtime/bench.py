@@ -5,7 +5,9 @@ start) with the file's optimizer, batch size and loss on batches already on
 the device: warm-up steps first, then the median of the timed steps (CUDA
 events on CUDA, the host clock on the CPU). Then the time of one epoch of
 the data-on-device loop (the file's training split, or synthetic data of its
-shape when the dataset is absent; the report says which).
+shape when the dataset is absent; the report says which), on CUDA also as
+one captured graph, and the launches a step makes (Triton kernels from
+Python everywhere; every GPU operation, by the profiler, on CUDA).
 
 On the CPU the Triton kernels run through the interpreter and torch.compile
 needs a C++ toolchain and minutes of compiling, so the defaults there are a
