@@ -111,7 +111,7 @@ if wanted install; then
   if install >>"$LOG" 2>&1; then note "OK    install"; else note "FAIL  install: see steps.log"; fi
 fi
 environment >>"$SUMMARY" 2>&1
-step check 60 "$OUT/check.log" "$OUT/check.log" bash -c check_examples
+step check 90 "$OUT/check.log" "$OUT/check.log" bash -c check_examples
 step bench_lenet 150 "$OUT/bench_lenet.json" "$LOG" "${NETC[@]}" bench examples/lenet.net --device cuda --json
 step rnn_cudnn 60 "$OUT/rnn_cudnn.json" "$LOG" python3 bench/rnn_vs_cudnn.py --device cuda --json
 step tests 150 "$OUT/tests.log" "$OUT/tests.log" bash -c gpu_tests
