@@ -1,19 +1,22 @@
 """(N, T, F) sequences + torch-ordered flat weights -> rnn / lstm / gru outputs, with backprop through time.
 
-Per layer and training step the forward makes two launches: one GEMM for the
-input projection of all T steps (x @ W_ih^T + b_ih), then one persistent
-sequence kernel that walks the T steps with the state on chip. The backward
-makes one reverse-time launch (gate pre-activation gradients of every step),
-then GEMMs for dW_ih, dW_hh and dx and column sums for the two biases. The
-GEMMs and column sums live in `recurrent_jit.py` (this family does not depend
-on `linear.py`). All `tl.dot`s use input_precision "ieee" (float32 as torch's
-float32; float64 inputs give float64 dots).
+Launches per layer and training step: forward 2, a GEMM for the input
+projection of all T steps (x @ W_ih^T + b_ih, `recurrent_gemm.py`) and one
+persistent kernel that walks the T steps with the state on chip
+(`recurrent_cells.py`); backward 1 reverse-time launch for the gate
+pre-activation gradients of every step, then 3 GEMMs (dx, dW_ih, dW_hh) and 2
+column sums (the biases), fewer when some need no gradient. A layer whose
+gate tiles do not fit on chip (H > `LaunchConfig.max_hidden`, or the GPU
+refuses the shared memory) runs the per-step fallback instead
+(`recurrent_steps.py`): 2 launches per step each way. This family keeps its
+own GEMM (no dependency on `linear.py`). Every `tl.dot` uses input_precision
+"ieee" (float32 as torch's float32; float64 inputs give float64 dots).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -234,8 +237,8 @@ def _run_stack(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Layer k > 0 reads layer k-1's outputs -> (output (N, T, H), h_n (L, N, H), c_n (L, N, H) or None)."""
     name = _NAMES[cell]
-    if input.dim() not in (2, 3) or input.shape[-2] == 0:
-        raise ValueError(f"{name}: input must be (N, T, F) or (T, F) with T >= 1, got {tuple(input.shape)}")
+    if input.dim() not in (2, 3) or input.numel() == 0:
+        raise ValueError(f"{name}: input must be a non-empty (N, T, F) or (T, F), got {tuple(input.shape)}")
     if input.dtype not in (torch.float32, torch.float64):
         raise NotImplementedError(f"{name}: dtype {input.dtype} (float32 and float64 only)")
     x = input if input.dim() == 3 else input.unsqueeze(0)

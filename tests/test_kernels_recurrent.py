@@ -257,5 +257,7 @@ def test_rejects_bad_arguments(device: str) -> None:
         kernels.rnn(x, _weights(device, (5, 4), (5, 5), (5,), (5,), dtype=torch.float32))
     with pytest.raises(ValueError, match=r"\(N, T, F\)"):
         kernels.gru(torch.randn(3, device=device, dtype=torch.float64), good)
+    with pytest.raises(ValueError, match="non-empty"):
+        kernels.rnn(x[:, :0], good)  # T = 0
     with pytest.raises(NotImplementedError, match="float16"):
         kernels.rnn(x.half(), [w.half() for w in good])
