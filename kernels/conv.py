@@ -103,7 +103,8 @@ def _activate(z, ACT: tl.constexpr, slope):
 def _activation_grad(y_ptr, y_off, ok, grad, ACT: tl.constexpr, slope):
     """grad w.r.t. the activation's output -> grad w.r.t. its input, from the saved output y.
 
-    leaky_relu's slope is >= 0, so y > 0 exactly where the input was > 0.
+    For leaky_relu with a negative slope, y_ptr holds the pre-activation instead: y > 0
+    tells the sign of the input only when slope >= 0.
     """
     if ACT != 0:
         y = tl.load(y_ptr + y_off, mask=ok, other=0.0)
@@ -124,6 +125,7 @@ def _conv2d_fwd_kernel(
     w_ptr,  # (OC, CG, KH, KW) weight, any strides
     b_ptr,  # (OC,) bias (unused unless HAS_BIAS)
     y_ptr,  # (N, OC, OH, OW) output, contiguous
+    pre_ptr,  # (N, OC, OH, OW) pre-activation, contiguous (written only when STORE_PRE)
     sxn, sxc, sxh, sxw,  # input strides, in elements
     swo, swc, swh, sww,  # weight strides, in elements
     H, W, OH, OW,  # input and output spatial sizes
@@ -132,7 +134,7 @@ def _conv2d_fwd_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,  # pads are the top / left ones
     slope,  # leaky_relu's negative slope
     KH: tl.constexpr, KW: tl.constexpr,  # kernel size
-    HAS_BIAS: tl.constexpr, ACT: tl.constexpr,  # epilogue: bias, activation code
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_PRE: tl.constexpr,  # epilogue: bias, activation
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,  # tl.dot or sum of products; dot precision
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -166,8 +168,10 @@ def _conv2d_fwd_kernel(
         acc = _mac(acc, a, b, USE_DOT, PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + oc, mask=col_ok, other=0.0)[None, :]
-    acc = _activate(acc, ACT, slope)
     y_off = (n[:, None] * (OCG * tl.num_programs(2)) + oc[None, :]) * (OH * OW) + (oh * OW + ow)[:, None]
+    if STORE_PRE:
+        tl.store(pre_ptr + y_off, acc, mask=row_ok[:, None] & col_ok[None, :])
+    acc = _activate(acc, ACT, slope)
     tl.store(y_ptr + y_off, acc, mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -372,7 +376,7 @@ def _geometry_args(geo: _Geometry) -> tuple[int, ...]:
     return (*geo.stride, *geo.pad, *geo.dilation)
 
 
-def _forward(x, weight, bias, geo: _Geometry, act: int, slope: float) -> torch.Tensor:
+def _forward(x, weight, bias, geo: _Geometry, act: int, slope: float, pre: torch.Tensor | None):
     batch, channels, height, width = x.shape
     out_channels, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
     out_h, out_w = geo.out_hw
@@ -381,9 +385,10 @@ def _forward(x, weight, bias, geo: _Geometry, act: int, slope: float) -> torch.T
     args = _dot_args(x.dtype, "fwd", (rows, ocg, channels // geo.groups * kh * kw))
     grid = (triton.cdiv(rows, args["BLOCK_M"]), triton.cdiv(ocg, args["BLOCK_N"]), geo.groups)
     _conv2d_fwd_kernel[grid](
-        x, weight, bias.contiguous() if bias is not None else x, y, *x.stride(), *weight.stride(),
+        x, weight, bias.contiguous() if bias is not None else x, y, y if pre is None else pre,
+        *x.stride(), *weight.stride(),
         height, width, out_h, out_w, rows, channels // geo.groups, ocg, *_geometry_args(geo), slope,
-        KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act, **args,
+        KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act, STORE_PRE=pre is not None, **args,
     )  # fmt: skip
     return y
 
@@ -424,8 +429,11 @@ class _Conv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, geo: _Geometry, act: int, slope: float):  # type: ignore[override]
-        y = _forward(x, weight, bias, geo, act, slope)
-        ctx.save_for_backward(x, weight, y if act else None)
+        pre = None  # leaky_relu's derivative needs the input's sign, which y hides when slope < 0
+        if act == _ACTIVATIONS["leaky_relu"] and slope < 0:
+            pre = config.new_empty((x.shape[0], weight.shape[0], *geo.out_hw), x)
+        y = _forward(x, weight, bias, geo, act, slope, pre)
+        ctx.save_for_backward(x, weight, pre if pre is not None else y if act else None)
         ctx.geo, ctx.act, ctx.slope, ctx.has_bias = geo, act, slope, bias is not None
         return y
 
@@ -456,12 +464,11 @@ def conv2d_act(
 ) -> torch.Tensor:
     """`activation(F.conv2d(...))` in one kernel; activation is relu, tanh, sigmoid, leaky_relu or None.
 
-    `slope` is leaky_relu's negative slope. Precision: see the module docstring.
+    `slope` is leaky_relu's negative slope (any sign; below 0 the forward also keeps the
+    pre-activation for the backward). Precision: see the module docstring.
     """
     if activation not in _ACTIVATIONS:
         raise NotImplementedError(f"conv2d_act: activation {activation!r} (one of {list(_ACTIVATIONS)})")
-    if activation == "leaky_relu" and slope < 0:
-        raise NotImplementedError("conv2d_act: leaky_relu with a negative slope")
     _check_tensors(input, weight, bias)
     batched = input.dim() == 4
     x = input if batched else input.unsqueeze(0)

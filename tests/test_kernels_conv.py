@@ -156,18 +156,33 @@ def test_conv2d_act_matches_torch(device: str, activation: str | None, dtype: to
     )
 
 
-@pytest.mark.parametrize("activation", ["sigmoid", "leaky_relu"])
+@pytest.mark.parametrize("activation, slope", [("sigmoid", 0.0), ("leaky_relu", 0.1), ("leaky_relu", -0.4)])
 @pytest.mark.parametrize("name", ["multi-block", "groups-3-stride"])
-def test_conv2d_act_small_tiles(device: str, name: str, activation: str, small_tiles: None) -> None:
-    """The backward kernels read the saved output at the right place on every tile and group."""
+def test_conv2d_act_small_tiles(
+    device: str, name: str, activation: str, slope: float, small_tiles: None
+) -> None:
+    """The backward kernels read the saved output (or pre-activation) at the right place on every tile."""
     shape, out_channels, kernel, kwargs = CASES[name]
     tensors = _tensors(device, shape, out_channels, kernel, kwargs)
     act = _REFERENCE_ACTIVATIONS[activation]
     compare_with_torch(
         f"conv2d_act[{activation}]",
-        lambda x, w, b: conv2d_act(x, w, b, **kwargs, activation=activation, slope=0.1),
-        lambda x, w, b: act(F.conv2d(x, w, b, **kwargs), 0.1),
+        lambda x, w, b: conv2d_act(x, w, b, **kwargs, activation=activation, slope=slope),
+        lambda x, w, b: act(F.conv2d(x, w, b, **kwargs), slope),
         tensors,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("slope", [-0.5, 0.0, -1.5])
+def test_conv2d_act_leaky_relu_any_slope(device: str, slope: float, dtype: torch.dtype) -> None:
+    """A negative slope makes y > 0 on both sides of zero, so the backward must use the pre-activation."""
+    shape, out_channels, kernel, kwargs = CASES["asymmetric"]
+    compare_with_torch(
+        "conv2d_act[leaky_relu]",
+        lambda x, w, b: conv2d_act(x, w, b, **kwargs, activation="leaky_relu", slope=slope),
+        lambda x, w, b: F.leaky_relu(F.conv2d(x, w, b, **kwargs), slope),
+        _tensors(device, shape, out_channels, kernel, kwargs, dtype),
     )
 
 
@@ -191,8 +206,6 @@ def test_unsupported_inputs_raise(device: str) -> None:
         conv2d(x, w.double())
     with pytest.raises(NotImplementedError, match="gelu"):
         conv2d_act(x, w, activation="gelu")
-    with pytest.raises(NotImplementedError, match="negative slope"):
-        conv2d_act(x, w, activation="leaky_relu", slope=-0.1)
 
 
 @pytest.mark.parametrize(
