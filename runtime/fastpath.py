@@ -63,17 +63,16 @@ def warm_up_and_restore(
         for tensor, saved in zip(_module_tensors(module), weights, strict=True):
             tensor.copy_(saved)
         for param, state in optimizer.state.items():
-            saved_state = before.get(param)
+            saved_state = before.get(param, {})
             for key, value in state.items():
-                if saved_state is None:
-                    if isinstance(value, torch.Tensor):
-                        value.zero_()
-                    else:
-                        state[key] = type(value)(0) if isinstance(value, (int, float)) else value
-                elif isinstance(value, torch.Tensor):
+                if key in saved_state and isinstance(value, torch.Tensor):
                     value.copy_(saved_state[key])
-                else:
+                elif key in saved_state:
                     state[key] = saved_state[key]
+                elif isinstance(value, torch.Tensor):
+                    value.zero_()  # created by the warm-up: back to fresh
+                elif isinstance(value, (int, float)):
+                    state[key] = type(value)(0)
 
 
 def capture_blocker(module: nn.Module) -> str:

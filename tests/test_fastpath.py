@@ -257,3 +257,15 @@ def test_step_sequence_equals_plain_steps(device: str) -> None:
                        for k in range(0, 18, 6))
         assert float(sequence.run(order)) == pytest.approx(expected, rel=1e-5)
         _assert_same_state(fast, plain, fast_opt, plain_opt)
+
+
+def test_warm_up_resets_state_keys_it_added() -> None:
+    """State that existed before the warm-up keeps its values; keys the warm-up added start fresh."""
+    module = _small_net("cpu")
+    optimizer = _sgd(module)
+    first = next(module.parameters())
+    optimizer.state[first]["marker"] = torch.full((2,), 5.0)  # state present before, without momentum
+    x, y = _batches("cpu", 1)[0]
+    warm_up_and_restore(module, optimizer, lambda: _plain_step(module, optimizer, x, y), count=2)
+    assert torch.equal(optimizer.state[first]["marker"], torch.full((2,), 5.0))
+    assert not optimizer.state[first]["momentum_buffer"].any()
