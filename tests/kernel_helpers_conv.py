@@ -86,3 +86,57 @@ def compare_with_torch(
 
 def _as_list(result: object) -> list[torch.Tensor]:
     return list(result) if isinstance(result, tuple) else [result]  # type: ignore[list-item]
+
+
+def compile_for_cuda(capability: int = 90) -> None:
+    """Compile every conv and pool kernel variant for a CUDA target with the GPU launch configs.
+
+    Needs no GPU (Triton ships ptxas); catches what the interpreter lets through, such as dot
+    sides under 16 or type errors in code paths only a compiler sees. Run with TRITON_INTERPRET=0.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from netc.kernels import conv, pool
+
+    def build(fn, pointers: dict[str, str], constexprs: dict, warps: int = 4, stages: int = 1) -> None:
+        types = {name: pointers.get(name, "fp32" if name == "slope" else "i32") for name in fn.arg_names}
+        types.update({name: "constexpr" for name in constexprs})
+        keyed = {(fn.arg_names.index(name),): value for name, value in constexprs.items()}
+        source = ASTSource(fn=fn, signature=types, constexprs=keyed)
+        target = GPUTarget("cuda", capability, 32)
+        triton.compile(source, target=target, options={"num_warps": warps, "num_stages": stages})
+
+    kernels = {
+        "fwd": (conv._conv2d_fwd_kernel, ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "pre_ptr")),
+        "bwd_input": (conv._conv2d_bwd_input_kernel, ("dy_ptr", "y_ptr", "w_ptr", "dx_ptr")),
+        "bwd_weight": (conv._conv2d_bwd_weight_kernel, ("dy_ptr", "y_ptr", "x_ptr", "dw_ptr", "db_ptr")),
+    }
+    extra = {"fwd": {"HAS_BIAS": True, "STORE_PRE": True}, "bwd_input": {}, "bwd_weight": {"HAS_BIAS": True}}
+    for dtype, name in ((torch.float32, "fp32"), (torch.float64, "fp64")):
+        for kind, (fn, pointer_names) in kernels.items():
+            cfg = conv._launch_config(kind, dtype, False, (1000, 100, 1000))
+            for act, precision in ((0, "ieee"), (2, "ieee"), (4, "tf32")):
+                constexprs = dict(extra[kind], KH=3, KW=2, ACT=act, USE_DOT=dtype == torch.float32)
+                constexprs.update(PRECISION=precision, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
+                constexprs.update(BLOCK_K=cfg.block_k)
+                pointers = {pointer: f"*{name}" for pointer in pointer_names}
+                build(fn, pointers, constexprs, cfg.num_warps, cfg.num_stages)
+        block, warps = 256, 4
+        pool_kernels = [
+            (pool._max_pool2d_fwd_kernel, {"x_ptr": f"*{name}", "y_ptr": f"*{name}", "idx_ptr": "*i64"}, {}),
+            (
+                pool._max_pool2d_bwd_kernel,
+                {"dy_ptr": f"*{name}", "dx_ptr": f"*{name}", "idx_ptr": "*i64"},
+                {},
+            ),
+            (pool._avg_pool2d_fwd_kernel, {"x_ptr": f"*{name}", "y_ptr": f"*{name}"}, {"COUNT_PAD": False}),
+            (pool._avg_pool2d_bwd_kernel, {"dy_ptr": f"*{name}", "dx_ptr": f"*{name}"}, {"COUNT_PAD": True}),
+        ]
+        for fn, pointers, constexprs in pool_kernels:
+            build(fn, pointers, dict(constexprs, KH=3, KW=2, BLOCK=block), warps)
+
+
+if __name__ == "__main__":
+    compile_for_cuda()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -249,3 +254,16 @@ def test_launch_configs_fit_triton(interpreted: bool, dtype: torch.dtype) -> Non
                 assert max(cfg.block_m * cfg.block_k, cfg.block_k * cfg.block_n) <= 1 << 20
             else:
                 assert cfg.block_m * cfg.block_k * cfg.block_n <= 1 << 20, (kind, gemm, cfg)
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_a_cuda_target() -> None:
+    """Every conv and pool kernel variant compiles for sm_90 with its GPU launch config (no GPU needed)."""
+    helper = Path(__file__).with_name("kernel_helpers_conv.py")
+    env = dict(
+        os.environ, TRITON_INTERPRET="0"
+    )  # a compiler run: the kernels must not bind to the interpreter
+    result = subprocess.run(
+        [sys.executable, str(helper)], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
