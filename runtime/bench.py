@@ -30,7 +30,13 @@ from typing import Any
 import torch
 
 from netc.dsl.ir import Graph
-from netc.runtime.bench_contenders import CONTENDERS, Contender, build_contender
+from netc.runtime.bench_contenders import (
+    CONTENDERS,
+    Contender,
+    build_contender,
+    count_device_ops,
+    count_triton_launches,
+)
 from netc.runtime.fastpath import StepSequence, TrainStep
 
 CUDA_STEPS, CUDA_WARMUP = 200, 25  # reduce-overhead records its graphs in the first warm-up calls
@@ -207,59 +213,6 @@ def _measure(
             except Exception as error:  # an extra: the per-step numbers above stand without it
                 result.note = "; ".join(filter(None, [result.note, f"whole-epoch graph failed: {error}"]))
     return result
-
-
-def count_triton_launches(step: Any, images: torch.Tensor, labels: torch.Tensor) -> dict[str, int]:
-    """Triton kernel name -> launches in one eager call of `step` (compiled or interpreted).
-
-    Counts `kernel[grid](...)` calls by wrapping `run` of Triton's JIT and
-    interpreter kernel classes for the duration of the call: the launches a
-    step issues from Python, which a CUDA graph would replay as one.
-    """
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
-
-    counts: dict[str, int] = {}
-    originals = {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
-
-    def counting(original: Callable[..., Any]) -> Callable[..., Any]:
-        def run(self: Any, *args: Any, warmup: bool = False, **kwargs: Any) -> Any:
-            if not warmup:
-                name = getattr(self, "__name__", None) or getattr(self.fn, "__name__", "kernel")
-                counts[name] = counts.get(name, 0) + 1
-            return original(self, *args, warmup=warmup, **kwargs)
-
-        return run
-
-    try:
-        for cls, original in originals.items():
-            cls.run = counting(original)  # type: ignore[method-assign]
-        step(images, labels)
-    finally:
-        for cls, original in originals.items():
-            cls.run = original  # type: ignore[method-assign]
-    return dict(sorted(counts.items()))
-
-
-def count_device_ops(step: Any, images: torch.Tensor, labels: torch.Tensor) -> int | None:
-    """GPU activities (kernels, copies, memsets) of one step, by the profiler; None if it cannot tell.
-
-    Kernels inside a replayed CUDA graph are reported one by one, so this is
-    the work a step launches however it is launched: what fusion reduces.
-    """
-    try:
-        from torch.autograd import DeviceType
-        from torch.profiler import ProfilerActivity, profile
-
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as profiler:
-            step(images, labels)
-            torch.cuda.synchronize()
-        # GPU-side events only, without the GPU timeline's copies of record_function ranges
-        on_gpu = [event for event in profiler.events() if event.device_type == DeviceType.CUDA]
-        return sum(1 for event in on_gpu if not getattr(event, "is_user_annotation", False))
-    except Exception:  # the profiler is a diagnostic: its absence must not fail the bench
-        return None
 
 
 def time_steps(

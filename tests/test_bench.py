@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from netc.runtime import bench
-from netc.runtime.bench_contenders import CONTENDERS, Contender
+from netc.runtime.bench_contenders import CONTENDERS, Contender, count_triton_launches
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_CHECK = ROOT / "bench" / "gpu_check.sh"
@@ -129,9 +129,9 @@ def test_count_triton_launches_counts_each_kernel(device: str) -> None:
             _double_kernel[(triton.cdiv(x.numel(), 32),)](x, x.numel(), BLOCK=32)
 
     x = torch.ones(37, device=device)
-    assert bench.count_triton_launches(step, x, torch.tensor(3)) == {"_double_kernel": 3}
+    assert count_triton_launches(step, x, torch.tensor(3)) == {"_double_kernel": 3}
     assert float(x.min()) == 8.0  # the kernels really ran
-    assert bench.count_triton_launches(step, x, torch.tensor(0)) == {}
+    assert count_triton_launches(step, x, torch.tensor(0)) == {}
 
 
 def test_epoch_data_falls_back_to_synthetic(tmp_path: Path) -> None:
