@@ -11,8 +11,8 @@ Python everywhere; every GPU operation, by the profiler, on CUDA).
 
 On the CPU the Triton kernels run through the interpreter and torch.compile
 needs a C++ toolchain and minutes of compiling, so the defaults there are a
-few steps, no compile contenders (`--compile` adds them where the CLI has
-it) and an epoch time estimated from the step time instead of measured.
+few steps, no compile contenders (`--compile` adds them) and an epoch
+time estimated from the step time instead of measured.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from netc.dsl.errors import DataError
 from netc.dsl.ir import Graph
 from netc.runtime.bench_contenders import (
     CONTENDERS,
@@ -94,13 +95,16 @@ def run(args: argparse.Namespace) -> int:
     from netc.dsl import parse
     from netc.runtime.lower import resolve_target
 
+    known = [contender.name for contender in CONTENDERS]
+    unknown = [name for name in args.contenders or [] if name not in known]
+    if unknown:
+        raise DataError(f"unknown contender {unknown[0]!r}: choose from {', '.join(known)}")
     graph = parse(args.file)
     device, _, _ = resolve_target(args.device, "torch")
     if device.type == "cpu":
         resolve_target(device, "triton")  # chooses Triton's interpreter before any kernel loads
-    # --compile, --batch and --contenders are read when the CLI defines them
-    report = bench(graph, device, args.steps, bool(getattr(args, "compile", False)),
-                   getattr(args, "batch", None), getattr(args, "contenders", None), progress=_progress)
+    report = bench(graph, device, args.steps, args.compile, args.batch, args.contenders,
+                   progress=_progress)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

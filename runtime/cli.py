@@ -32,6 +32,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _name_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of names")
+    return names
+
+
 def _add_device(parser: argparse.ArgumentParser, backend: bool = True) -> None:
     parser.add_argument(
         "--device", choices=["auto", "cuda", "cpu"], default="auto",
@@ -106,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("file", metavar="FILE", help="a .net file")
     _add_device(bench, backend=False)
     bench.add_argument("--steps", type=_positive_int, default=None, help="timed steps per contender")
+    bench.add_argument("--batch", type=_positive_int, default=None,
+                       help="batch size (the file's; 4 on the cpu, where Triton is interpreted)")
+    bench.add_argument("--compile", action="store_true",
+                       help="also race torch.compile on the cpu (always on cuda; compiling takes minutes)")
+    bench.add_argument("--contenders", type=_name_list, default=None, metavar="A,B",
+                       help="run only these contenders (netc, netc-nograph, torch-eager, torch-graph, "
+                       "torch-compile, torch-compile-ro)")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser
 
