@@ -72,7 +72,8 @@ def describe(graph: Graph, config: TrainConfig, splits: Splits, net: Any, out: s
     data = config.data.path or config.data.name
     return (f"training {graph.name} ({graph.param_count:,} parameters) on {data}: "
             f"{splits.train_x.shape[0]:,} train / {splits.val_x.shape[0]:,} val / "
-            f"{splits.test_x.shape[0]:,} test samples; {config.epochs} epochs of batch {config.batch}; "
+            f"{splits.test_x.shape[0]:,} test samples; {config.epochs} epoch{'s' * (config.epochs != 1)} "
+            f"of batch {config.batch}; "
             f"{net.device.type}, {net.backend} backend; checkpoints in {out}")
 
 
