@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,28 @@ def test_conv2d_many_tiles(device: str, name: str, small_tiles: None) -> None:
 @pytest.mark.parametrize("name", TILED)
 def test_conv2d_small_tiles(device: str, name: str, dtype: torch.dtype, small_tiles: None) -> None:
     _check(device, CASES[name], dtype)
+
+
+def _random_case(seed: int) -> tuple[tuple[int, ...], int, tuple[int, int], dict]:
+    """A random valid conv: groups, per-axis kernel / stride / padding / dilation, odd-ish sizes."""
+    rng = random.Random(seed)
+    groups = rng.choice([1, 1, 2, 3])
+    channels, out_channels = groups * rng.randint(1, 3), groups * rng.randint(1, 3)
+    kernel = (rng.randint(1, 4), rng.randint(1, 4))
+    dilation = (rng.randint(1, 2), rng.randint(1, 2))
+    if rng.random() < 0.3:
+        stride, padding = (1, 1), rng.choice(["same", "valid"])
+    else:
+        stride, padding = (rng.randint(1, 3), rng.randint(1, 3)), (rng.randint(0, 2), rng.randint(0, 2))
+    reach = [d * (k - 1) + 1 for d, k in zip(dilation, kernel, strict=True)]
+    size = [r + rng.randint(0, 6) for r in reach]
+    kwargs = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    return (rng.randint(1, 3), channels, *size), out_channels, kernel, kwargs
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_conv2d_random_geometry(device: str, seed: int) -> None:
+    _check(device, _random_case(seed), bias=seed % 2 == 0)
 
 
 @pytest.mark.parametrize("name", ["plain", "groups", "same-even"])

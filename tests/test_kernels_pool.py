@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,6 +96,40 @@ def test_max_pool2d_matches_torch(device: str, name: str, dtype: torch.dtype) ->
 def test_avg_pool2d_matches_torch(device: str, name: str, dtype: torch.dtype) -> None:
     shape, kwargs = AVG_CASES[name]
     x = torch.randn(*shape, dtype=dtype, device=device, requires_grad=True)
+    compare_with_torch(
+        "avg_pool2d", lambda x: avg_pool2d(x, **kwargs), lambda x: F.avg_pool2d(x, **kwargs), [x]
+    )
+
+
+def _random_pool(seed: int, with_dilation: bool) -> tuple[tuple[int, ...], dict]:
+    """A random valid pooling: per-axis kernel / stride / padding (<= kernel // 2), maybe ceil_mode."""
+    rng = random.Random(seed)
+    kernel = (rng.randint(1, 4), rng.randint(1, 4))
+    kwargs = {
+        "kernel_size": kernel,
+        "stride": rng.choice([None, (rng.randint(1, 3), rng.randint(1, 3))]),
+        "padding": (rng.randint(0, kernel[0] // 2), rng.randint(0, kernel[1] // 2)),
+        "ceil_mode": rng.random() < 0.5,
+    }
+    if with_dilation:
+        kwargs["dilation"] = (rng.randint(1, 2), rng.randint(1, 2))
+    reach = [kwargs.get("dilation", (1, 1))[i] * (kernel[i] - 1) + 1 for i in range(2)]
+    return (rng.randint(1, 3), rng.randint(1, 3), *(r + rng.randint(0, 6) for r in reach)), kwargs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_max_pool2d_random_geometry(device: str, seed: int) -> None:
+    shape, kwargs = _random_pool(seed, with_dilation=True)
+    x = torch.randn(*shape, dtype=torch.float64, device=device, requires_grad=True)
+    compare_with_torch("max_pool2d", _max(**kwargs), _max_reference(**kwargs), [x])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_avg_pool2d_random_geometry(device: str, seed: int) -> None:
+    shape, kwargs = _random_pool(seed, with_dilation=False)
+    kwargs["count_include_pad"] = seed % 2 == 0
+    kwargs["divisor_override"] = None if seed % 3 else seed + 1
+    x = torch.randn(*shape, dtype=torch.float64, device=device, requires_grad=True)
     compare_with_torch(
         "avg_pool2d", lambda x: avg_pool2d(x, **kwargs), lambda x: F.avg_pool2d(x, **kwargs), [x]
     )
