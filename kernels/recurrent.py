@@ -40,6 +40,7 @@ class LaunchConfig:
     gemm_warps: int
     seq_block_n: int  # batch rows per persistent program, at most (>= 16: the dot's M)
     max_hidden: int  # largest hidden size whose (H x H) gate tiles the persistent kernels keep on chip
+    seq_stages: int  # num_stages of the persistent kernels (1: no multi-buffered weight tiles)
     step_block: tuple[int, int]  # BLOCK_N, BLOCK_H of the per-step fallback's cell launches
     step_warps: int
     colsum_block: tuple[int, int]  # BLOCK_R, BLOCK_C
@@ -48,12 +49,15 @@ class LaunchConfig:
 
 # The GPU keeps 16 batch rows per program (more programs keep more SMs busy)
 # and stops the persistent kernels at H = 128, where one float32 gate tile is
-# 64 KiB; the interpreter runs programs one after another, so it takes the
-# largest blocks. Tests shrink max_hidden to reach the per-step fallback.
+# 64 KiB. With one stage, each step streams the gate tiles through one shared
+# buffer (73 KiB in all at H = 128 float32, compiled for sm_90 by triton 3.9);
+# Triton's default 3 stages multi-buffer them (up to 650 KiB for the lstm).
+# The interpreter runs programs one after another, so it takes the largest
+# blocks. Tests shrink max_hidden to reach the per-step fallback.
 GPU_CONFIG = LaunchConfig(gemm_block=(64, 64, 32), gemm_warps=4, seq_block_n=16, max_hidden=128,
-                          step_block=(16, 128), step_warps=4, colsum_block=(64, 64))
+                          seq_stages=1, step_block=(16, 128), step_warps=4, colsum_block=(64, 64))
 INTERPRETER_CONFIG = LaunchConfig(gemm_block=(64, 64, 64), gemm_warps=4, seq_block_n=64, max_hidden=128,
-                                  step_block=(64, 256), step_warps=4, colsum_block=(256, 64))
+                                  seq_stages=1, step_block=(64, 256), step_warps=4, colsum_block=(256, 64))
 
 
 def launch_config() -> LaunchConfig:
@@ -69,9 +73,8 @@ def _seq_blocks(cfg: LaunchConfig, batch: int, hidden: int) -> tuple[int, int, i
 
 
 # (pass, cell, dtype, BLOCK_H, device) whose persistent kernel asked for more shared memory than the
-# GPU has (Triton keeps the G loop-invariant gate tiles there); those layers run per step instead.
-# Compiled for sm_90 by triton 3.9, float32 rnn fits 227 KiB (H200) up to H = 128, lstm and gru up
-# to H = 64; float64 halves that.
+# GPU has; those layers run per step instead. A safety net: at one stage the largest persistent
+# kernel (float64, H = 128) takes 144 KiB, within an A100's or H100's limit but not every GPU's.
 _PERSISTENT_TOO_BIG: set[tuple[Any, ...]] = set()
 
 
@@ -116,7 +119,7 @@ def _layer_forward(
             xg, w_hh, b_hh if b_hh is not None else w_hh, y, gates, cells, c_n,
             batch, steps, hidden, w_hh.stride(0), w_hh.stride(1), b_hh.stride(0) if b_hh is not None else 0,
             CELL=cell, G=_GATES[cell], HAS_BIAS=b_hh is not None, BLOCK_N=block_n, BLOCK_H=block_h,
-            PRECISION=cfg.precision, num_warps=warps,
+            PRECISION=cfg.precision, num_warps=warps, num_stages=cfg.seq_stages,
         )
 
     if hidden > cfg.max_hidden or not _try_persistent(("fwd", cell, x.dtype, block_h, x.device), launch):
@@ -143,7 +146,7 @@ def _gate_grads(
             dy, dc_n, w_hh, y, gates, cells, dgx, dgh, batch, steps, hidden,
             w_hh.stride(0), w_hh.stride(1), dy.stride(0), dy.stride(1), dy.stride(2),
             CELL=cell, G=_GATES[cell], BLOCK_N=block_n, BLOCK_H=block_h, PRECISION=cfg.precision,
-            num_warps=warps,
+            num_warps=warps, num_stages=cfg.seq_stages,
         )
 
     if hidden > cfg.max_hidden or not _try_persistent(("bwd", cell, y.dtype, block_h, y.device), launch):
