@@ -36,12 +36,12 @@ def _launch_config(elements: int) -> tuple[int, int]:
 def _max_pool2d_fwd_kernel(
     x_ptr,  # (N, C, H, W) input, any strides
     y_ptr,  # (N, C, OH, OW) output, contiguous
-    idx_ptr,  # (N, C, OH, OW) int64 argmax, flat into H*W, contiguous
+    idx_ptr,  # (N, C, OH, OW) int64 argmax, flat into H*W, contiguous (written if STORE_INDICES)
     sxn, sxc, sxh, sxw,  # input strides, in elements
     C, H, W, OH, OW,  # channels, input and output spatial sizes
     total,  # output elements: N * C * OH * OW
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, STORE_INDICES: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Window max and its flat H*W index, compared in the input dtype (no arithmetic)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (n, c, oh, ow)
@@ -64,7 +64,8 @@ def _max_pool2d_fwd_kernel(
             best = tl.where(take, value, best)
             best_idx = tl.where(take, (ih * W + iw).to(tl.int64), best_idx)
     tl.store(y_ptr + offs, best, mask=ok)
-    tl.store(idx_ptr + offs, best_idx, mask=ok)
+    if STORE_INDICES:
+        tl.store(idx_ptr + offs, best_idx, mask=ok)
 
 
 @triton.jit
@@ -246,18 +247,26 @@ def _sizes(x_shape, geo: _PoolGeometry) -> tuple[int, ...]:
     return (x_shape[1], x_shape[2], x_shape[3], *geo.out_hw)
 
 
+def _max_pool_forward(x: torch.Tensor, geo: _PoolGeometry, store_indices: bool):
+    """(y, int64 indices, or None when not stored: inference needs only y)."""
+    out_shape = (x.shape[0], x.shape[1], *geo.out_hw)
+    y = config.new_empty(out_shape, x)
+    indices = config.new_empty(out_shape, x, torch.int64) if store_indices else None
+    block, warps = _launch_config(y.numel())
+    _max_pool2d_fwd_kernel[(triton.cdiv(y.numel(), block),)](
+        x, y, y if indices is None else indices, *x.stride(), *_sizes(x.shape, geo), y.numel(),
+        *geo.args(), KH=geo.kernel[0], KW=geo.kernel[1], STORE_INDICES=store_indices, BLOCK=block,
+        num_warps=warps,
+    )  # fmt: skip
+    return y, indices
+
+
 class _MaxPool2dFunction(torch.autograd.Function):
     """max pooling; saves the argmax indices and routes each output gradient back to its argmax."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, geo: _PoolGeometry):  # type: ignore[override]
-        out_shape = (x.shape[0], x.shape[1], *geo.out_hw)
-        y, indices = config.new_empty(out_shape, x), config.new_empty(out_shape, x, torch.int64)
-        block, warps = _launch_config(y.numel())
-        _max_pool2d_fwd_kernel[(triton.cdiv(y.numel(), block),)](
-            x, y, indices, *x.stride(), *_sizes(x.shape, geo), y.numel(), *geo.args(),
-            KH=geo.kernel[0], KW=geo.kernel[1], BLOCK=block, num_warps=warps,
-        )  # fmt: skip
+        y, indices = _max_pool_forward(x, geo, store_indices=True)
         ctx.save_for_backward(indices)
         ctx.geo, ctx.x_shape = geo, x.shape
         ctx.mark_non_differentiable(indices)
@@ -316,6 +325,9 @@ def max_pool2d(
     """`torch.nn.functional.max_pool2d`: same ties (first max), NaN propagation and indices (flat in H*W)."""
     x = _as_batched(input, "max_pool2d")
     geo = _geometry(x, "max_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    if not return_indices and not (torch.is_grad_enabled() and x.requires_grad):
+        y = _max_pool_forward(x, geo, store_indices=False)[0]  # inference: no indices to write
+        return y if input.dim() == 4 else y.squeeze(0)
     y, indices = _MaxPool2dFunction.apply(x, geo)
     if input.dim() == 3:
         y, indices = y.squeeze(0), indices.squeeze(0)

@@ -125,7 +125,11 @@ def compile_for_cuda(capability: int = 90) -> None:
                 build(fn, pointers, constexprs, cfg.num_warps, cfg.num_stages)
         block, warps = 256, 4
         pool_kernels = [
-            (pool._max_pool2d_fwd_kernel, {"x_ptr": f"*{name}", "y_ptr": f"*{name}", "idx_ptr": "*i64"}, {}),
+            (
+                pool._max_pool2d_fwd_kernel,
+                {"x_ptr": f"*{name}", "y_ptr": f"*{name}", "idx_ptr": "*i64"},
+                {"STORE_INDICES": True},
+            ),
             (
                 pool._max_pool2d_bwd_kernel,
                 {"dy_ptr": f"*{name}", "dx_ptr": f"*{name}", "idx_ptr": "*i64"},

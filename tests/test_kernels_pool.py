@@ -144,6 +144,16 @@ def test_max_pool2d_without_indices_returns_a_tensor(device: str) -> None:
     )
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 9, 11), (3, 8, 7)])
+def test_max_pool2d_inference_path(device: str, shape: tuple[int, ...]) -> None:
+    """Without grad and indices the kernel skips writing indices; the values must not change."""
+    x = torch.randn(*shape, dtype=torch.float64, device=device)
+    x[..., 0, 0] = float("nan")
+    with torch.no_grad():
+        y = max_pool2d(x, 3, 2, 1, ceil_mode=True)
+    torch.testing.assert_close(y, F.max_pool2d(x, 3, 2, 1, ceil_mode=True), rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("pool", ["max", "avg"])
 def test_non_contiguous_input_and_gradient(device: str, pool: str) -> None:
     x = strided_like((2, 3, 9, 7), torch.float64, device).requires_grad_()
