@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -230,6 +234,46 @@ def test_only_input_needs_grad(device: str) -> None:
     (grad,) = torch.autograd.grad(output.sum(), [x])
     (ref,) = torch.autograd.grad(module(x)[0].sum(), [x])
     torch.testing.assert_close(grad, ref, **F64)
+
+
+# Compiles the persistent kernels for sm_90 with the GPU launch settings (no GPU needed: triton
+# ships ptxas) and prints their shared memory in bytes, for the largest hidden size they take.
+_COMPILE_FOR_SM90 = """
+import json, os
+os.environ["TRITON_INTERPRET"] = "0"
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from netc.kernels import recurrent
+cfg = recurrent.GPU_CONFIG
+block_n, block_h, warps = recurrent._seq_blocks(cfg, 64, cfg.max_hidden)
+shared = {}
+for dtype in ("fp32", "fp64"):
+    for kernel in (recurrent.seq_fwd_kernel, recurrent.seq_bwd_kernel):
+        consts = {"CELL": 2, "G": 4, "HAS_BIAS": True, "BLOCK_N": block_n, "BLOCK_H": block_h,
+                  "PRECISION": cfg.precision}
+        consts = {name: value for name, value in consts.items() if name in kernel.arg_names}
+        signature = {name: "constexpr" if name in consts else "*" + dtype if name.endswith("_ptr") else "i32"
+                     for name in kernel.arg_names}
+        source = ASTSource(fn=kernel, signature=signature,
+                           constexprs={(kernel.arg_names.index(n),): v for n, v in consts.items()})
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": warps, "num_stages": cfg.seq_stages})
+        shared[dtype + " " + kernel.__name__] = compiled.metadata.shared
+print(json.dumps(shared))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("NETC_TEST_GPU") == "1", reason="the GPU suite launches the kernels")
+def test_persistent_kernels_fit_gpu_shared_memory() -> None:
+    """At max_hidden, the lstm's persistent kernels (the largest) fit an A100's 163 KiB of shared memory."""
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    shared = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(shared) == 4 and all(0 < size <= 163 * 1024 for size in shared.values()), shared
 
 
 def test_exported_from_package() -> None:
