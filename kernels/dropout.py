@@ -2,9 +2,18 @@
 
 The mask is never stored: the kernel draws it from Philox (`tl.rand(seed,
 offset)`), and the backward reruns the same kernel on the gradient with the
-same seed, so it regenerates exactly the forward's mask. The seed comes from
-torch's default CPU generator (`torch.randint`, no device sync), so runs are
-reproducible under `torch.manual_seed`; `seed=` overrides it.
+same seed, so it regenerates exactly the forward's mask.
+
+The seed is a (1,) int64 tensor on the input's device, which the kernel
+loads; the host never sees its value. Each call draws a fresh one with
+`torch.randint` on that device, i.e. from torch's generator for the device,
+whose state (seed and Philox offset) advances on every draw. That keeps a
+CUDA graph honest: torch's CUDA generator registers with a capture and
+advances its offset on the device at each replay, so every replay writes a
+new seed into the same tensor and draws a new mask; no kernel argument
+carries host state. Runs are reproducible under `torch.manual_seed` (it
+seeds every device's generator), no call syncs with the host, and the
+backward reads the seed tensor saved by the forward. `seed=` fixes it.
 
 Element i is kept when `rand(seed, i) >= p`, an event of probability 1 - p.
 Output is `x * (keep ? 1/(1-p) : 0)`, a multiplication as in PyTorch, so a
@@ -22,7 +31,7 @@ from torch.autograd.function import FunctionCtx as Ctx
 from netc.kernels import config
 from netc.kernels.activation import check_dtype
 
-_SEED_LIMIT = 2**31 - 1  # Philox seeds are passed as int32 kernel scalars
+_SEED_LIMIT = 2**31 - 1  # seeds stay int32-sized: the masks of explicit seeds are unchanged
 
 
 def launch_config() -> dict[str, int]:
@@ -37,7 +46,7 @@ def _dropout_kernel(
     x_ptr,  # input (forward) or dL/dy (backward), contiguous, n elements
     y_ptr,  # output, contiguous, n elements
     n,  # number of elements (< 2**31)
-    seed,  # Philox seed; the same value in forward and backward gives the same mask
+    seed_ptr,  # (1,) int64 Philox seed; the same value in forward and backward gives the same mask
     P: tl.constexpr,  # drop probability in [0, 1]
     SCALE: tl.constexpr,  # 1 / (1 - p), or 0 when p == 1
     BLOCK: tl.constexpr,  # elements per program
@@ -45,11 +54,12 @@ def _dropout_kernel(
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
+    seed = tl.load(seed_ptr)  # a device value: a replayed CUDA graph reads the new draw
     keep = tl.rand(seed, offsets) >= P  # uniform in [0, 1): kept with probability 1 - p
     tl.store(y_ptr + offsets, tl.where(keep, x * SCALE, x * 0.0), mask=mask)
 
 
-def _launch(x: torch.Tensor, seed: int, p: float) -> torch.Tensor:
+def _launch(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
     """Apply the seed's mask to a contiguous copy of x; returns a contiguous tensor of x's shape."""
     x = x.contiguous()
     y = config.new_empty(x.shape, x)
@@ -64,21 +74,23 @@ def _launch(x: torch.Tensor, seed: int, p: float) -> torch.Tensor:
 
 
 class _Dropout(torch.autograd.Function):
-    """y = x * mask(seed) / (1 - p); saves only the seed, the backward redraws the mask."""
+    """y = x * mask(seed) / (1 - p); saves only the seed tensor, the backward redraws the mask."""
 
     @staticmethod
-    def forward(ctx: Ctx, x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-        ctx.p, ctx.seed = p, seed
+    def forward(ctx: Ctx, x: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
+        ctx.p = p
+        ctx.save_for_backward(seed)
         return _launch(x, seed, p)
 
     @staticmethod
     def backward(ctx: Ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return _launch(grad, ctx.seed, ctx.p), None, None
+        (seed,) = ctx.saved_tensors
+        return _launch(grad, seed, ctx.p), None, None
 
 
-def draw_seed() -> int:
-    """A Philox seed from torch's default generator (CPU tensor: no device sync)."""
-    return int(torch.randint(0, _SEED_LIMIT, (1,)).item())
+def draw_seed(device: torch.device | str) -> torch.Tensor:
+    """A fresh Philox seed, (1,) int64 on `device`, from torch's generator for that device (no sync)."""
+    return torch.randint(0, _SEED_LIMIT, (1,), dtype=torch.int64, device=device)
 
 
 def dropout(
@@ -98,7 +110,9 @@ def dropout(
     if not training or p == 0.0:
         return input
     if seed is None:
-        seed = draw_seed()
+        seed_tensor = draw_seed(input.device)
     elif not 0 <= seed < _SEED_LIMIT:
         raise ValueError(f"dropout: seed must be in [0, {_SEED_LIMIT}), got {seed}")
-    return _Dropout.apply(input, float(p), int(seed))
+    else:
+        seed_tensor = torch.full((1,), int(seed), dtype=torch.int64, device=input.device)
+    return _Dropout.apply(input, float(p), seed_tensor)
