@@ -41,6 +41,7 @@ class LaunchConfig:
     seq_block_n: int  # batch rows per persistent program, at most (>= 16: the dot's M)
     max_hidden: int  # largest hidden size whose (H x H) gate tiles the persistent kernels keep on chip
     seq_stages: int  # num_stages of the persistent kernels (1: no multi-buffered weight tiles)
+    seq_warps: tuple[int, int]  # num_warps of the persistent kernels at BLOCK_H <= 64 and above
     step_block: tuple[int, int]  # BLOCK_N, BLOCK_H of the per-step fallback's cell launches
     step_warps: int
     colsum_block: tuple[int, int]  # BLOCK_R, BLOCK_C
@@ -55,9 +56,11 @@ class LaunchConfig:
 # The interpreter runs programs one after another, so it takes the largest
 # blocks. Tests shrink max_hidden to reach the per-step fallback.
 GPU_CONFIG = LaunchConfig(gemm_block=(64, 64, 32), gemm_warps=4, seq_block_n=16, max_hidden=128,
-                          seq_stages=1, step_block=(16, 128), step_warps=4, colsum_block=(64, 64))
+                          seq_stages=1, seq_warps=(4, 8), step_block=(16, 128), step_warps=4,
+                          colsum_block=(64, 64))
 INTERPRETER_CONFIG = LaunchConfig(gemm_block=(64, 64, 64), gemm_warps=4, seq_block_n=64, max_hidden=128,
-                                  seq_stages=1, step_block=(64, 256), step_warps=4, colsum_block=(256, 64))
+                                  seq_stages=1, seq_warps=(4, 8), step_block=(64, 256), step_warps=4,
+                                  colsum_block=(256, 64))
 
 
 def launch_config() -> LaunchConfig:
@@ -69,7 +72,7 @@ def _seq_blocks(cfg: LaunchConfig, batch: int, hidden: int) -> tuple[int, int, i
     """(BLOCK_N, BLOCK_H, warps) of a persistent launch: dot dims padded to >= 16."""
     block_n = min(max(triton.next_power_of_2(batch), 16), cfg.seq_block_n)
     block_h = max(triton.next_power_of_2(hidden), 16)
-    return block_n, block_h, 4 if block_h <= 64 else 8
+    return block_n, block_h, cfg.seq_warps[0] if block_h <= 64 else cfg.seq_warps[1]
 
 
 # (pass, cell, dtype, BLOCK_H, device) whose persistent kernel asked for more shared memory than the
