@@ -10,9 +10,12 @@ names, so state_dict()/load_state_dict(), LR schedulers and clip_grad_norm_ work
 
 Hyperparameters are read from `param_groups` at every step (a scheduler's lr
 takes effect) and passed as kernel scalars: each as a float32 (hi, lo) pair
-summed in the parameters' dtype, since kernel float arguments are float32, so
-float64 keeps ~1e-15 accuracy with no device tensor and no host sync. Adam's
-step counts are CPU tensors. Kernel scalars would be frozen by a CUDA graph.
+summed in the parameters' dtype (kernel float arguments are float32), so
+float64 keeps ~1e-15 accuracy. A CUDA graph freezes them (runtime/fastpath.py
+re-captures when they change), so nothing that changes per step is a scalar:
+Adam's step counts are float32 device tensors (state["step"], as torch's
+capturable Adam) advanced by a device add in `step`, and the kernel loads t
+and computes 1 - beta^t = 1 - exp(t * log(beta)) in float64 itself.
 
 By design, unlike torch.optim: `zero_grad` zeroes the flat gradient and never
 sets None, so a parameter absent from a backward gets a zero-gradient update;
@@ -23,6 +26,7 @@ one device and dtype (float32 or float64). No `tl.dot` here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -41,6 +45,11 @@ def launch_config() -> dict[str, int]:
     if config.interpreting():
         return {"BLOCK": 16384, "num_warps": 1}
     return {"BLOCK": 1024, "num_warps": 4}
+
+
+def _log_beta(beta: float) -> float:
+    """log(beta) for the kernel's beta^t = exp(t * log(beta)); beta = 0 gives exp(-huge) = 0."""
+    return math.log(beta) if beta > 0 else -1e30
 
 
 def _split(value: float) -> tuple[float, float]:
@@ -108,11 +117,25 @@ def _sgd_kernel(
 
 
 @triton.jit
+def _bias_corrections(step_ptr, lr_hi, lr_lo, log_b1_hi, log_b1_lo, log_b2_hi, log_b2_lo):
+    """(lr / (1 - beta1^t), sqrt(1 - beta2^t)) in float64 (as torch's Python doubles) from the device t.
+
+    1 - exp(x) cancels: ~1e-13 relative for beta2 = 0.999 at t = 1, about torch's own rounding error.
+    """
+    t = tl.load(step_ptr).to(tl.float64)
+    bc1 = 1.0 - tl.exp(t * _scalar(log_b1_hi, log_b1_lo, tl.float64))
+    bc2 = 1.0 - tl.exp(t * _scalar(log_b2_hi, log_b2_lo, tl.float64))
+    return _scalar(lr_hi, lr_lo, tl.float64) / bc1, tl.sqrt(bc2)
+
+
+@triton.jit
 def _adam_kernel(
     p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr,  # flat params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq
+    step_ptr,  # () float32: the step count t, already advanced for this step
     start, end,  # this group's element range [start, end)
-    step_hi, step_lo,  # lr / (1 - beta1^t)
-    bc2_hi, bc2_lo,  # sqrt(1 - beta2^t)
+    lr_hi, lr_lo,  # learning rate
+    log_b1_hi, log_b1_lo,  # log(beta1), the bias corrections' base
+    log_b2_hi, log_b2_lo,  # log(beta2)
     eps_hi, eps_lo,  # eps
     b1c_hi, b1c_lo,  # 1 - beta1
     b2_hi, b2_lo,  # beta2
@@ -123,6 +146,8 @@ def _adam_kernel(
     BLOCK: tl.constexpr,  # elements per program
 ):
     DTYPE: tl.constexpr = p_ptr.dtype.element_ty
+    step_size, bc2_sqrt = _bias_corrections(step_ptr, lr_hi, lr_lo, log_b1_hi, log_b1_lo,
+                                            log_b2_hi, log_b2_lo)
     offsets = start + tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < end
     p = tl.load(p_ptr + offsets, mask=mask, other=0.0)
@@ -143,8 +168,8 @@ def _adam_kernel(
     if AMSGRAD:
         v = tl.maximum(tl.load(vmax_ptr + offsets, mask=mask, other=0.0), v)
         tl.store(vmax_ptr + offsets, v, mask=mask)
-    denom = _sqrt_div(v, _scalar(bc2_hi, bc2_lo, DTYPE), DTYPE) + _scalar(eps_hi, eps_lo, DTYPE)
-    p = p - _scalar(step_hi, step_lo, DTYPE) * _div(m, denom, DTYPE)
+    denom = _sqrt_div(v, bc2_sqrt.to(DTYPE), DTYPE) + _scalar(eps_hi, eps_lo, DTYPE)
+    p = p - step_size.to(DTYPE) * _div(m, denom, DTYPE)
     tl.store(p_ptr + offsets, p, mask=mask)
 
 
@@ -285,15 +310,8 @@ class SGD(_FlatOptimizer):
     _STATE_KEYS = ("momentum_buffer",)
 
     def __init__(
-        self,
-        params: _Params,
-        lr: float = 1e-3,
-        momentum: float = 0,
-        dampening: float = 0,
-        weight_decay: float = 0,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
+        self, params: _Params, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
+        weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
     ) -> None:
         if lr < 0.0 or momentum < 0.0 or weight_decay < 0.0:
             raise ValueError(f"SGD: invalid lr {lr}, momentum {momentum} or weight_decay {weight_decay}")
@@ -327,15 +345,8 @@ class Adam(_FlatOptimizer):
     _DECOUPLED = False  # AdamW: decay the weights directly instead of adding wd * p to the gradient
 
     def __init__(
-        self,
-        params: _Params,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        amsgrad: bool = False,
-        *,
-        maximize: bool = False,
+        self, params: _Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+        weight_decay: float = 0, amsgrad: bool = False, *, maximize: bool = False,
     ) -> None:
         if lr < 0.0 or eps < 0.0 or weight_decay < 0.0:
             name = type(self).__name__
@@ -347,19 +358,24 @@ class Adam(_FlatOptimizer):
         super().__init__(params, defaults)
 
     def _step_tensors(self, group_index: int) -> list[torch.Tensor]:
-        """Each parameter's state["step"]: its own CPU float32 tensor (as torch; shared ones would
-        trip safetensors), all advanced together by one foreach add."""
+        """Each parameter's state["step"]: its own float32 device tensor (as torch's capturable Adam;
+        shared ones would trip safetensors), all advanced together by one foreach add."""
         slots = self._group_slots(group_index)
         if self.state[slots[0][0]].get("step") is None:
             amsgrad = self.param_groups[group_index]["amsgrad"]
             keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
             self._expose_state(group_index, keys)
             for p, _, _ in slots:
-                self.state[p]["step"] = torch.tensor(0.0, dtype=torch.float32)
+                self.state[p]["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
         return [self.state[p]["step"] for p, _, _ in slots]
 
     def _check_steps(self) -> None:
-        """After a load: one group's parameters must share a step count (one kernel updates them)."""
+        """After a load: steps move to the device (torch keeps them on the CPU unless capturable);
+        one group's parameters must share a step count (one kernel updates them)."""
+        for p, _, _ in self._slots:
+            step = self.state.get(p, {}).get("step")
+            if step is not None:
+                self.state[p]["step"] = torch.as_tensor(step, dtype=torch.float32).to(p.device).clone()
         for group_index, (start, end) in enumerate(self._ranges):
             steps = [self.state[p].get("step") for p, _, _ in self._group_slots(group_index)]
             if end == start or all(s is None for s in steps):
@@ -369,8 +385,7 @@ class Adam(_FlatOptimizer):
 
     def _update(self, group_index: int, group: dict[str, Any], start: int, end: int) -> None:
         steps = self._step_tensors(group_index)
-        torch._foreach_add_(steps, 1.0)
-        step = float(steps[0])  # a CPU tensor: no device sync
+        torch._foreach_add_(steps, 1.0)  # on the device: a captured step advances t at every replay
         beta1, beta2 = group["betas"]
         lr, wd = group["lr"], group["weight_decay"]
         amsgrad = bool(group["amsgrad"])
@@ -380,8 +395,8 @@ class Adam(_FlatOptimizer):
         grid, cfg = self._grid(start, end)
         _adam_kernel[grid](
             self._flat_param, self._flat_grad, self._buffer("exp_avg"), self._buffer("exp_avg_sq"), vmax,
-            start, end,
-            *_split(lr / (1 - beta1**step)), *_split((1 - beta2**step) ** 0.5), *_split(group["eps"]),
+            steps[0], start, end,
+            *_split(lr), *_split(_log_beta(beta1)), *_split(_log_beta(beta2)), *_split(group["eps"]),
             *_split(1 - beta1), *_split(beta2), *_split(1 - beta2), *_split(wd), *_split(1 - lr * wd),
             HAS_WD=wd != 0, DECOUPLED=self._DECOUPLED, AMSGRAD=amsgrad, MAXIMIZE=bool(group["maximize"]),
             **cfg,
