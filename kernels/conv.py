@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -26,6 +27,9 @@ __all__ = ["conv2d", "conv2d_act"]
 
 # True lets float32 dots use TF32 on the GPU (faster, ~1e-3 relative error). The interpreter ignores it.
 ALLOW_TF32 = False
+
+Pair = tuple[int, int]
+Tensor = torch.Tensor
 
 # activation name -> the code the kernels branch on at compile time
 _ACTIVATIONS: dict[str | None, int] = {None: 0, "relu": 1, "tanh": 2, "sigmoid": 3, "leaky_relu": 4}
@@ -299,14 +303,14 @@ class _Geometry:
     out_hw: tuple[int, int]
 
 
-def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+def _pair(value: int | Pair | list[int], name: str) -> Pair:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
         raise ValueError(f"conv2d: {name} must be an int or a pair of ints, got {value!r}")
     return pair  # type: ignore[return-value]
 
 
-def _pads(padding: object, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]):
+def _pads(padding: object, kernel: Pair, stride: Pair, dilation: Pair) -> tuple[Pair, Pair]:
     """(top, left) pads and the total extra rows / columns, as PyTorch pads them."""
     if padding == "valid":
         return (0, 0), (0, 0)
@@ -323,7 +327,10 @@ def _pads(padding: object, kernel: tuple[int, int], stride: tuple[int, int], dil
     return pad, (2 * pad[0], 2 * pad[1])
 
 
-def _geometry(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int) -> _Geometry:
+def _geometry(
+    x: Tensor, weight: Tensor, stride: int | Pair, padding: int | Pair | str, dilation: int | Pair,
+    groups: int,
+) -> _Geometry:
     stride_hw, dilation_hw = _pair(stride, "stride"), _pair(dilation, "dilation")
     if min(stride_hw) < 1 or min(dilation_hw) < 1 or groups < 1:
         raise ValueError("conv2d: stride, dilation and groups must be >= 1")
@@ -376,7 +383,8 @@ def _geometry_args(geo: _Geometry) -> tuple[int, ...]:
     return (*geo.stride, *geo.pad, *geo.dilation)
 
 
-def _forward(x, weight, bias, geo: _Geometry, act: int, slope: float, pre: torch.Tensor | None):
+def _forward(x: Tensor, weight: Tensor, bias: Tensor | None, geo: _Geometry, act: int, slope: float,
+             pre: Tensor | None) -> Tensor:
     batch, channels, height, width = x.shape
     out_channels, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
     out_h, out_w = geo.out_hw
@@ -393,7 +401,9 @@ def _forward(x, weight, bias, geo: _Geometry, act: int, slope: float, pre: torch
     return y
 
 
-def _backward_input(dy, y, weight, x_shape, geo: _Geometry, act: int, slope: float) -> torch.Tensor:
+def _backward_input(
+    dy: Tensor, y: Tensor, weight: Tensor, x_shape: torch.Size, geo: _Geometry, act: int, slope: float
+) -> Tensor:
     batch, channels, height, width = x_shape
     dx = config.new_empty(x_shape, dy)
     rows, cg = batch * height * width, channels // geo.groups
@@ -408,7 +418,10 @@ def _backward_input(dy, y, weight, x_shape, geo: _Geometry, act: int, slope: flo
     return dx
 
 
-def _backward_weight(dy, y, x, w_shape, geo: _Geometry, act: int, slope: float, with_bias: bool):
+def _backward_weight(
+    dy: Tensor, y: Tensor, x: Tensor, w_shape: torch.Size, geo: _Geometry, act: int, slope: float,
+    with_bias: bool,
+) -> tuple[Tensor, Tensor | None]:
     out_channels, cg, kh, kw = w_shape
     dw = config.new_empty(w_shape, x)
     db = config.new_empty((out_channels,), x) if with_bias else None
@@ -428,7 +441,9 @@ class _Conv2dFunction(torch.autograd.Function):
     output as they load the output gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, geo: _Geometry, act: int, slope: float):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, geo: _Geometry, act: int, slope: float
+    ) -> Tensor:
         pre = None  # leaky_relu's derivative needs the input's sign, which y hides when slope < 0
         if act == _ACTIVATIONS["leaky_relu"] and slope < 0:
             pre = config.new_empty((x.shape[0], weight.shape[0], *geo.out_hw), x)
@@ -439,7 +454,7 @@ class _Conv2dFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dy):  # type: ignore[override]
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, weight, y = ctx.saved_tensors
         y = dy if y is None else y  # without an activation the kernels never read y
         need_x, need_w, need_b = ctx.needs_input_grad[:3]

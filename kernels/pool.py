@@ -10,6 +10,7 @@ are compared and summed in the input's dtype (float32 or float64).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -19,6 +20,8 @@ from torch.autograd.function import once_differentiable
 from netc.kernels import config
 
 __all__ = ["max_pool2d", "avg_pool2d"]
+
+IntPair = int | tuple[int, int]
 
 
 def _launch_config(elements: int) -> tuple[int, int]:
@@ -217,7 +220,10 @@ def _out_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int
     return out
 
 
-def _geometry(x: torch.Tensor, op: str, kernel_size, stride, padding, dilation, ceil_mode: bool):
+def _geometry(
+    x: torch.Tensor, op: str, kernel_size: IntPair, stride: IntPair | None, padding: IntPair,
+    dilation: IntPair, ceil_mode: bool,
+) -> _PoolGeometry:
     kernel = _pair(kernel_size, "kernel_size", op)
     stride_hw = kernel if stride is None or stride == [] else _pair(stride, "stride", op)
     pad, dil = _pair(padding, "padding", op), _pair(dilation, "dilation", op)
@@ -242,12 +248,14 @@ def _as_batched(x: torch.Tensor, op: str) -> torch.Tensor:
     return x if x.dim() == 4 else x.unsqueeze(0)
 
 
-def _sizes(x_shape, geo: _PoolGeometry) -> tuple[int, ...]:
+def _sizes(x_shape: torch.Size, geo: _PoolGeometry) -> tuple[int, ...]:
     """C, H, W, OH, OW as the kernels take them."""
     return (x_shape[1], x_shape[2], x_shape[3], *geo.out_hw)
 
 
-def _max_pool_forward(x: torch.Tensor, geo: _PoolGeometry, store_indices: bool):
+def _max_pool_forward(
+    x: torch.Tensor, geo: _PoolGeometry, store_indices: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(y, int64 indices, or None when not stored: inference needs only y)."""
     out_shape = (x.shape[0], x.shape[1], *geo.out_hw)
     y = config.new_empty(out_shape, x)
@@ -265,7 +273,7 @@ class _MaxPool2dFunction(torch.autograd.Function):
     """max pooling; saves the argmax indices and routes each output gradient back to its argmax."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, geo: _PoolGeometry):  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, geo: _PoolGeometry) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         y, indices = _max_pool_forward(x, geo, store_indices=True)
         ctx.save_for_backward(indices)
         ctx.geo, ctx.x_shape = geo, x.shape
@@ -274,7 +282,7 @@ class _MaxPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dy: torch.Tensor, _dindices: torch.Tensor | None):  # type: ignore[override]
+    def backward(ctx: Any, dy: torch.Tensor, _dindices: Any) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         (indices,) = ctx.saved_tensors
         geo = ctx.geo
         dx = config.new_empty(ctx.x_shape, dy)
@@ -290,7 +298,9 @@ class _AvgPool2dFunction(torch.autograd.Function):
     """average pooling; the backward spreads each output gradient over its window with the same divisor."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, geo: _PoolGeometry, count_pad: bool, divisor: int):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, geo: _PoolGeometry, count_pad: bool, divisor: int
+    ) -> torch.Tensor:
         y = config.new_empty((x.shape[0], x.shape[1], *geo.out_hw), x)
         block, warps = _launch_config(y.numel())
         _avg_pool2d_fwd_kernel[(triton.cdiv(y.numel(), block),)](
@@ -302,7 +312,7 @@ class _AvgPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dy: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         geo = ctx.geo
         dx = config.new_empty(ctx.x_shape, dy)
         block, warps = _launch_config(dx.numel())
