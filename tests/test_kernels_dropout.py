@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -104,3 +105,33 @@ def test_rejections(device: str) -> None:
         dropout(x, 0.5, inplace=True)
     with pytest.raises(NotImplementedError, match="float16"):
         dropout(x.half(), 0.5)
+
+
+def test_successive_calls_draw_new_masks_from_identical_launch_arguments(
+    monkeypatch: pytest.MonkeyPatch, device: str
+) -> None:
+    """What a CUDA graph would freeze (every launch argument but tensors) is the same in both
+    calls, yet the masks differ: the seed comes from a device tensor, drawn on the device."""
+    module = importlib.import_module("netc.kernels.dropout")  # the package exports the function
+    launches: list[tuple] = []
+    kernel = module._dropout_kernel
+
+    class Recording:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append((grid, args, kwargs))
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(module, "_dropout_kernel", Recording())
+    x = torch.randn(N, dtype=torch.float64, device=device)
+    host_rng = torch.get_rng_state()
+    first, second = dropout(x, 0.5) != 0, dropout(x, 0.5) != 0
+    assert not torch.equal(first, second)
+    (grid_a, args_a, kw_a), (grid_b, args_b, kw_b) = launches
+    frozen = [(a, b) for a, b in zip(args_a, args_b, strict=True) if not isinstance(a, torch.Tensor)]
+    assert grid_a == grid_b and kw_a == kw_b and all(a == b for a, b in frozen)
+    seeds = [a for a in args_a if isinstance(a, torch.Tensor) and a.dtype == torch.int64]
+    assert len(seeds) == 1 and seeds[0].device == x.device and seeds[0].shape == (1,)
+    if device == "cuda":  # the CUDA generator drew the seeds; the host generator did not move
+        assert torch.equal(torch.get_rng_state(), host_rng)
