@@ -211,3 +211,34 @@ def test_state_saves_with_safetensors(config: str, tmp_path: Any, device: str) -
     loaded = load_file(str(tmp_path / "optimizer.safetensors"))
     assert loaded.keys() == tensors.keys()
     assert all(torch.equal(loaded[key], tensors[key]) for key in tensors)
+
+
+@pytest.mark.parametrize("config", ["adam-wd-betas", "adamw-amsgrad"])
+def test_step_launches_freeze_nothing_that_changes(monkeypatch: pytest.MonkeyPatch, config: str,
+                                                   device: str) -> None:
+    """A CUDA graph replays the kernel arguments of its capture: across steps every non-tensor
+    argument is identical, and the tensors are the same objects (the step count among them)."""
+    launches = []
+    kernel = optim._adam_kernel
+
+    class Recording:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append((grid, args, kwargs))
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(optim, "_adam_kernel", Recording())
+    model, ref, opt, ref_opt = _pair(config, torch.float64, device)
+    inputs = _inputs(3, torch.float64, device)
+    _train(model, opt, inputs)
+    _train(ref, ref_opt, inputs)
+    _assert_same(model, ref, opt, ref_opt, torch.float64, "launches")  # t = 1, 2, 3 from the device
+    (grid, args, kwargs), *later = launches
+    for other_grid, other_args, other_kwargs in later:
+        assert other_grid == grid and other_kwargs == kwargs
+        for a, b in zip(args, other_args, strict=True):
+            assert a is b if isinstance(a, torch.Tensor) else a == b
+    step = next(a for a in args if isinstance(a, torch.Tensor) and a.dim() == 0)
+    assert step.device == model[0].weight.device and float(step) == 3.0
+    assert all(state["step"].device == step.device for state in opt.state.values())
