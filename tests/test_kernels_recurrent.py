@@ -236,6 +236,19 @@ def test_only_input_needs_grad(device: str) -> None:
     torch.testing.assert_close(grad, ref, **F64)
 
 
+def test_only_weights_need_grad(device: str) -> None:
+    """An input without grad (a first layer's data): the weight gradients alone, still right."""
+    module = _reference("lstm", 4, 5, 2, False, device)
+    x = torch.randn(3, 4, 4, device=device, dtype=torch.float64)
+    weights = [w.detach().clone().requires_grad_() for w in module._flat_weights]
+    output, (h_n, c_n) = kernels.lstm(x, weights, num_layers=2, bias=False)
+    grads = torch.autograd.grad(output.sum() + c_n.sum(), weights)
+    ref_output, (_, ref_c) = module(x)
+    ref_grads = torch.autograd.grad(ref_output.sum() + ref_c.sum(), module._flat_weights)
+    for mine, ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(mine, ref, **F64)
+
+
 # Compiles the persistent kernels for sm_90 with the GPU launch settings (no GPU needed: triton
 # ships ptxas) and prints their shared memory in bytes, for the largest hidden size they take.
 _COMPILE_FOR_SM90 = """
