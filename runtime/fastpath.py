@@ -10,7 +10,11 @@ The graph bakes in every Python number the captured code read, the
 optimizer's hyperparameters among them. A changed learning rate (a float
 in `param_groups`) is therefore noticed before the next replay and the step
 is captured again; an lr kept in a device tensor and changed in place needs
-no re-capture.
+no re-capture. What changes every step must live on the device: netc's
+Triton dropout draws its seed into a device tensor from the device's
+generator (which a capture advances at each replay), and netc's Adam/AdamW
+keep their step counts on the device, so both capture; an optimizer with a
+host-side step count (torch's Adam without capturable=True) runs eagerly.
 """
 
 from __future__ import annotations
@@ -75,29 +79,13 @@ def warm_up_and_restore(
                     state[key] = type(value)(0)
 
 
-def capture_blocker(module: nn.Module) -> str:
-    """Why a CUDA graph of this module's step would compute something else than eager ("" if none).
-
-    netc's Triton dropout draws its Philox seed on the host, as a plain int
-    kernel argument: a graph would bake in one seed and replay one mask
-    forever. PyTorch's own dropout is capture-safe (its generator registers
-    with the graph), so only the Triton layer blocks capture.
-    """
-    for name, layer in module.named_modules():
-        is_netc_dropout = type(layer).__name__ == "Dropout" and type(layer).__module__.startswith("netc.")
-        if is_netc_dropout and getattr(layer, "backend", "") == "triton" and getattr(layer, "p", 0.0) > 0:
-            return (f"layer {name} is a Triton dropout, whose mask seed is a host integer that a "
-                    "CUDA graph would freeze; running eagerly")
-    return ""
-
-
 def optimizer_blocker(optimizer: torch.optim.Optimizer) -> str:
     """Why a graph would freeze this optimizer's per-step arithmetic ("" if none); call after a step.
 
     A state tensor on the CPU while the parameters are on CUDA is a step
-    count kept on the host (netc's Adam/AdamW, torch's Adam without
-    capturable=True): its bias correction is computed in Python and would be
-    baked into the graph at its capture-time value.
+    count kept on the host (torch's Adam without capturable=True; netc's
+    Adam/AdamW keep theirs on the device): its bias correction is computed
+    in Python and would be baked into the graph at its capture-time value.
     """
     for param, state in optimizer.state.items():
         for key, value in state.items():
@@ -142,9 +130,8 @@ class TrainStep:
         want = images.is_cuda if capture is None else capture
         if want and not images.is_cuda:
             raise NotImplementedError("CUDA graph capture of a training step needs CUDA tensors")
-        blocker = capture_blocker(module) if want else ""
-        if not want or blocker:
-            self.reason = blocker or ("graph capture is for CUDA" if capture is None else "capture=False")
+        if not want:
+            self.reason = "graph capture is for CUDA" if capture is None else "capture=False"
             return
         self._warm_up()
         self.reason = optimizer_blocker(optimizer)
