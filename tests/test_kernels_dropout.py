@@ -135,3 +135,32 @@ def test_successive_calls_draw_new_masks_from_identical_launch_arguments(
     assert len(seeds) == 1 and seeds[0].device == x.device and seeds[0].shape == (1,)
     if device == "cuda":  # the CUDA generator drew the seeds; the host generator did not move
         assert torch.equal(torch.get_rng_state(), host_rng)
+
+
+_COMPILE_FOR_SM90 = """
+import importlib
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+fn = importlib.import_module("netc.kernels.dropout")._dropout_kernel
+for dtype in ("fp32", "fp64"):
+    signature = {"x_ptr": "*" + dtype, "y_ptr": "*" + dtype, "n": "i32", "seed_ptr": "*i64"}
+    constexprs = {"P": 0.3, "SCALE": 1 / 0.7, "BLOCK": 1024}
+    signature.update({name: "constexpr" for name in constexprs})
+    keyed = {(fn.arg_names.index(name),): value for name, value in constexprs.items()}
+    source = ASTSource(fn=fn, signature=signature, constexprs=keyed)
+    triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
+"""
+
+
+@pytest.mark.slow
+def test_kernel_compiles_for_a_cuda_target() -> None:
+    """The kernel, with its seed loaded from a device tensor, compiles for sm_90 (no GPU needed)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="0")  # compile: the kernel must not bind to the interpreter
+    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]

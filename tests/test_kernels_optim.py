@@ -242,3 +242,43 @@ def test_step_launches_freeze_nothing_that_changes(monkeypatch: pytest.MonkeyPat
     step = next(a for a in args if isinstance(a, torch.Tensor) and a.dim() == 0)
     assert step.device == model[0].weight.device and float(step) == 3.0
     assert all(state["step"].device == step.device for state in opt.state.values())
+
+
+_COMPILE_FOR_SM90 = """
+import itertools
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from netc.kernels import optim
+
+def build(fn, types, constexprs):
+    signature = {name: types.get(name, "fp32") for name in fn.arg_names}
+    signature.update({name: "constexpr" for name in constexprs})
+    keyed = {(fn.arg_names.index(name),): value for name, value in constexprs.items()}
+    source = ASTSource(fn=fn, signature=signature, constexprs=keyed)
+    triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
+
+for dtype in ("fp32", "fp64"):
+    types = {name: "*" + dtype for name in ("p_ptr", "g_ptr", "m_ptr", "v_ptr", "vmax_ptr", "buf_ptr")}
+    types.update(step_ptr="*fp32", start="i64", end="i64")
+    for flags in itertools.product([False, True], repeat=4):
+        constexprs = dict(zip(("HAS_WD", "DECOUPLED", "AMSGRAD", "MAXIMIZE"), flags), BLOCK=1024)
+        build(optim._adam_kernel, types, constexprs)
+    for flags in itertools.product([False, True], repeat=4):
+        constexprs = dict(zip(("HAS_WD", "MOMENTUM", "FIRST", "MAXIMIZE"), flags), BLOCK=1024)
+        build(optim._sgd_kernel, types, dict(constexprs, NESTEROV=flags[1]))
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_a_cuda_target() -> None:
+    """Every SGD/Adam variant compiles for sm_90 (no GPU needed): the float64 exp/log/sqrt of the
+    in-kernel bias correction and the device step load are code the interpreter never compiles."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="0")  # a compiler run: kernels must not bind to the interpreter
+    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
