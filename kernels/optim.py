@@ -66,11 +66,7 @@ def _scalar(hi, lo, DTYPE: tl.constexpr):
 @triton.jit
 def _sqrt_div(num, den, DTYPE: tl.constexpr):
     """sqrt(num) / den, IEEE-rounded like torch (plain float32 sqrt and / are approximate on the GPU)."""
-    if DTYPE == tl.float32:
-        out = tl.div_rn(tl.sqrt_rn(num), den)
-    else:
-        out = tl.sqrt(num) / den
-    return out
+    return tl.div_rn(tl.sqrt_rn(num), den) if DTYPE == tl.float32 else tl.sqrt(num) / den
 
 
 @triton.jit
@@ -118,9 +114,9 @@ def _sgd_kernel(
 
 @triton.jit
 def _bias_corrections(step_ptr, lr_hi, lr_lo, log_b1_hi, log_b1_lo, log_b2_hi, log_b2_lo):
-    """(lr / (1 - beta1^t), sqrt(1 - beta2^t)) in float64 (as torch's Python doubles) from the device t.
+    """(lr / (1 - beta1^t), sqrt(1 - beta2^t)) in float64, as torch's Python doubles, from the device t.
 
-    1 - exp(x) cancels: ~1e-13 relative for beta2 = 0.999 at t = 1, about torch's own rounding error.
+    The cancellation in 1 - exp(x) costs ~1e-13 relative (beta2 = 0.999, t = 1), torch's own rounding.
     """
     t = tl.load(step_ptr).to(tl.float64)
     bc1 = 1.0 - tl.exp(t * _scalar(log_b1_hi, log_b1_lo, tl.float64))
