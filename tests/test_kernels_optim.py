@@ -22,6 +22,7 @@ CONFIGS: dict[str, tuple[type, type, dict[str, Any]]] = {
     "adam": (*ADAM, {"lr": 0.01}),
     "adam-wd-betas": (*ADAM, {"lr": 0.02, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.1}),
     "adam-amsgrad-max": (*ADAM, {"lr": 0.01, "amsgrad": True, "maximize": True}),
+    "adam-zero-betas": (*ADAM, {"lr": 0.01, "betas": (0.0, 0.0)}),  # log(0): the kernel's beta^t must be 0
     "adamw": (*ADAMW, {"lr": 0.01}),
     "adamw-amsgrad": (*ADAMW, {"lr": 0.02, "weight_decay": 0.3, "amsgrad": True}),
 }
