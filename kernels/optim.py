@@ -47,6 +47,11 @@ def launch_config() -> dict[str, int]:
     return {"BLOCK": 1024, "num_warps": 4}
 
 
+def _capturing() -> bool:
+    """True while the current CUDA stream is recording a graph."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def _log_beta(beta: float) -> float:
     """log(beta) for the kernel's beta^t = exp(t * log(beta)); beta = 0 gives exp(-huge) = 0."""
     return math.log(beta) if beta > 0 else -1e30
@@ -78,8 +83,8 @@ def _div(num, den, DTYPE: tl.constexpr):
 @triton.jit
 def _sgd_kernel(
     p_ptr, g_ptr, buf_ptr,  # flat parameters, gradients, momentum buffers
+    lr_ptr,  # () float64 learning rate (a device value: see push_lr)
     start, end,  # this group's element range [start, end)
-    lr_hi, lr_lo,  # learning rate as a float32 pair
     wd_hi, wd_lo,  # weight decay
     mom_hi, mom_lo,  # momentum
     keep_hi, keep_lo,  # 1 - dampening
@@ -109,11 +114,11 @@ def _sgd_kernel(
             g = g + momentum * buf
         else:
             g = buf
-    tl.store(p_ptr + offsets, p - _scalar(lr_hi, lr_lo, DTYPE) * g, mask=mask)
+    tl.store(p_ptr + offsets, p - tl.load(lr_ptr).to(DTYPE) * g, mask=mask)
 
 
 @triton.jit
-def _bias_corrections(step_ptr, lr_hi, lr_lo, log_b1_hi, log_b1_lo, log_b2_hi, log_b2_lo):
+def _bias_corrections(step_ptr, lr, log_b1_hi, log_b1_lo, log_b2_hi, log_b2_lo):
     """(lr / (1 - beta1^t), sqrt(1 - beta2^t)) in float64, as torch's Python doubles, from the device t.
 
     The cancellation in 1 - exp(x) costs ~1e-13 relative (beta2 = 0.999, t = 1), torch's own rounding.
@@ -121,29 +126,28 @@ def _bias_corrections(step_ptr, lr_hi, lr_lo, log_b1_hi, log_b1_lo, log_b2_hi, l
     t = tl.load(step_ptr).to(tl.float64)
     bc1 = 1.0 - tl.exp(t * _scalar(log_b1_hi, log_b1_lo, tl.float64))
     bc2 = 1.0 - tl.exp(t * _scalar(log_b2_hi, log_b2_lo, tl.float64))
-    return _scalar(lr_hi, lr_lo, tl.float64) / bc1, tl.sqrt(bc2)
+    return lr / bc1, tl.sqrt(bc2)
 
 
 @triton.jit
 def _adam_kernel(
     p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr,  # flat params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq
     step_ptr,  # () float32: the step count t, already advanced for this step
+    lr_ptr,  # () float64 learning rate (a device value: see push_lr)
     start, end,  # this group's element range [start, end)
-    lr_hi, lr_lo,  # learning rate
     log_b1_hi, log_b1_lo,  # log(beta1), the bias corrections' base
     log_b2_hi, log_b2_lo,  # log(beta2)
     eps_hi, eps_lo,  # eps
     b1c_hi, b1c_lo,  # 1 - beta1
     b2_hi, b2_lo,  # beta2
     b2c_hi, b2c_lo,  # 1 - beta2
-    wd_hi, wd_lo,  # weight decay (L2, added to the gradient)
-    decay_hi, decay_lo,  # 1 - lr * weight_decay (AdamW's decoupled decay)
+    wd_hi, wd_lo,  # weight decay (Adam: L2 added to the gradient; AdamW: p *= 1 - lr * wd)
     HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
     BLOCK: tl.constexpr,  # elements per program
 ):
     DTYPE: tl.constexpr = p_ptr.dtype.element_ty
-    step_size, bc2_sqrt = _bias_corrections(step_ptr, lr_hi, lr_lo, log_b1_hi, log_b1_lo,
-                                            log_b2_hi, log_b2_lo)
+    lr = tl.load(lr_ptr)  # float64
+    step_size, bc2_sqrt = _bias_corrections(step_ptr, lr, log_b1_hi, log_b1_lo, log_b2_hi, log_b2_lo)
     offsets = start + tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < end
     p = tl.load(p_ptr + offsets, mask=mask, other=0.0)
@@ -152,7 +156,7 @@ def _adam_kernel(
         g = -g
     if HAS_WD:
         if DECOUPLED:
-            p = p * _scalar(decay_hi, decay_lo, DTYPE)
+            p = p * (1.0 - lr * _scalar(wd_hi, wd_lo, tl.float64)).to(DTYPE)  # torch's double, rounded
         else:
             g = g + _scalar(wd_hi, wd_lo, DTYPE) * p
     m = tl.load(m_ptr + offsets, mask=mask, other=0.0)
@@ -192,6 +196,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
                     f"got {first.dtype} on {first.device} and {p.dtype} on {p.device}"
                 )
         total = sum(p.numel() for p in trainable)
+        # each group's lr, read by the kernels; push_lr() refreshes it from param_groups
+        self._lr = torch.zeros(len(self.param_groups), dtype=torch.float64, device=first.device)
+        self._lr_pushed: list[float | None] = [None] * len(self.param_groups)
         self._flat_param = torch.empty(total, dtype=first.dtype, device=first.device)
         self._flat_grad = torch.zeros(total, dtype=first.dtype, device=first.device)
         self._flat_state: dict[str, torch.Tensor] = {}
@@ -279,12 +286,28 @@ class _FlatOptimizer(torch.optim.Optimizer):
         """Subclasses with a step count check it after a load."""
 
     @torch.no_grad()
+    def push_lr(self) -> None:
+        """Copy each group's lr into the device tensor the kernels read: a fill per changed lr, no sync.
+
+        `step` calls it, except while a CUDA graph is being captured: a captured fill would
+        write the capture-time lr back at every replay. Whoever replays calls it before each
+        replay instead, so a scheduler's new lr reaches a captured step without re-capture.
+        """
+        for index, group in enumerate(self.param_groups):
+            lr = float(group["lr"])
+            if lr != self._lr_pushed[index]:
+                self._lr[index].fill_(lr)
+                self._lr_pushed[index] = lr
+
+    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every parameter: one kernel launch per parameter group."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not _capturing():
+            self.push_lr()
         self._sync_views()
         for group_index, group in enumerate(self.param_groups):
             start, end = self._ranges[group_index]
@@ -324,8 +347,8 @@ class SGD(_FlatOptimizer):
         buffer = self._buffer("momentum_buffer") if momentum != 0 else self._flat_param
         grid, cfg = self._grid(start, end)
         _sgd_kernel[grid](
-            self._flat_param, self._flat_grad, buffer, start, end,
-            *_split(group["lr"]), *_split(group["weight_decay"]),
+            self._flat_param, self._flat_grad, buffer, self._lr[group_index], start, end,
+            *_split(group["weight_decay"]),
             *_split(momentum), *_split(1 - group["dampening"]),
             HAS_WD=group["weight_decay"] != 0, MOMENTUM=momentum != 0, FIRST=first,
             NESTEROV=bool(group["nesterov"]), MAXIMIZE=bool(group["maximize"]), **cfg,
@@ -383,7 +406,7 @@ class Adam(_FlatOptimizer):
         steps = self._step_tensors(group_index)
         torch._foreach_add_(steps, 1.0)  # on the device: a captured step advances t at every replay
         beta1, beta2 = group["betas"]
-        lr, wd = group["lr"], group["weight_decay"]
+        wd = group["weight_decay"]
         amsgrad = bool(group["amsgrad"])
         if amsgrad and self.state[self._group_slots(group_index)[0][0]].get("max_exp_avg_sq") is None:
             self._expose_state(group_index, ("max_exp_avg_sq",))  # amsgrad switched on after a load
@@ -391,9 +414,9 @@ class Adam(_FlatOptimizer):
         grid, cfg = self._grid(start, end)
         _adam_kernel[grid](
             self._flat_param, self._flat_grad, self._buffer("exp_avg"), self._buffer("exp_avg_sq"), vmax,
-            steps[0], start, end,
-            *_split(lr), *_split(_log_beta(beta1)), *_split(_log_beta(beta2)), *_split(group["eps"]),
-            *_split(1 - beta1), *_split(beta2), *_split(1 - beta2), *_split(wd), *_split(1 - lr * wd),
+            steps[0], self._lr[group_index], start, end,
+            *_split(_log_beta(beta1)), *_split(_log_beta(beta2)), *_split(group["eps"]),
+            *_split(1 - beta1), *_split(beta2), *_split(1 - beta2), *_split(wd),
             HAS_WD=wd != 0, DECOUPLED=self._DECOUPLED, AMSGRAD=amsgrad, MAXIMIZE=bool(group["maximize"]),
             **cfg,
         )

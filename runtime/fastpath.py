@@ -7,10 +7,12 @@ capture that fails) the same step runs eagerly. Either way a step never
 calls `.item()`: the loss comes back as a device tensor.
 
 The graph bakes in every Python number the captured code read, the
-optimizer's hyperparameters among them. A changed learning rate (a float
-in `param_groups`) is therefore noticed before the next replay and the step
-is captured again; an lr kept in a device tensor and changed in place needs
-no re-capture. What changes every step must live on the device: netc's
+optimizer's hyperparameters among them. A changed setting (a float in
+`param_groups`) is therefore noticed before the next replay and the step
+is captured again. netc's optimizers read lr from a device tensor instead,
+which `push_lr()` refreshes (a fill, no sync) before each replay, so their
+lr is not watched and a per-step schedule replays one graph. What changes
+every step must live on the device too: netc's
 Triton dropout draws its seed into a device tensor from the device's
 generator (which a capture advances at each replay), and netc's Adam/AdamW
 keep their step counts on the device, so both capture; an optimizer with a
@@ -32,12 +34,26 @@ THRASH_WINDOW = 8  # a second re-capture within this many replays means a per-st
 
 
 def hyperparameters(optimizer: torch.optim.Optimizer) -> tuple[tuple[tuple[str, Any], ...], ...]:
-    """Every plain-number setting of every param group (a capture bakes these in)."""
+    """Every plain-number setting of every param group that a capture bakes in.
+
+    Not lr where the optimizer has `push_lr` (netc's): its kernels read lr from a device tensor.
+    """
+    skip = {"params", "lr"} if _device_lr(optimizer) else {"params"}
     return tuple(
         tuple((key, value) for key, value in group.items()
-              if key != "params" and not isinstance(value, torch.Tensor))
+              if key not in skip and not isinstance(value, torch.Tensor))
         for group in optimizer.param_groups
     )
+
+
+def _device_lr(optimizer: torch.optim.Optimizer) -> bool:
+    return callable(getattr(optimizer, "push_lr", None))
+
+
+def push_lr(optimizer: torch.optim.Optimizer) -> None:
+    """Before a replay: copy a netc optimizer's lr into the device tensor its captured kernels read."""
+    if _device_lr(optimizer):
+        optimizer.push_lr()  # type: ignore[attr-defined]
 
 
 def _clone_state(optimizer: torch.optim.Optimizer) -> dict[nn.Parameter, dict[str, Any]]:
@@ -190,6 +206,7 @@ class TrainStep:
             self._recapture()  # the lr (or another setting) changed: the old graph has the old value
             if self._graph is None:
                 return self._eager_step(self.static_x, self.static_y)
+        push_lr(self.optimizer)
         self._graph.replay()
         self._replays_since_capture += 1
         return self.static_loss
@@ -319,5 +336,6 @@ class StepSequence:
             if self._graph is None:
                 self._body()
                 return self.total
+        push_lr(self.step.optimizer)
         self._graph.replay()
         return self.total

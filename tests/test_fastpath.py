@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_leaves
 from torch.utils._python_dispatch import TorchDispatchMode
+from triton.runtime.interpreter import InterpretedFunction
 
-from netc.runtime.fastpath import hyperparameters, make_train_step, run_epoch, warm_up_and_restore
+from netc.kernels import optim
+from netc.runtime.fastpath import hyperparameters, make_train_step, push_lr, run_epoch, warm_up_and_restore
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
@@ -278,7 +280,8 @@ class FakeGraph(TorchDispatchMode):
     writes into the tensors its capture wrote (a fresh result is copied into the recorded one);
     random ops draw again from their generator, as captured CUDA RNG ops do. A step that read
     host state per call (a seed drawn in Python, a bias correction from a host step count)
-    replays its capture-time value here, as it would on the GPU.
+    replays its capture-time value here, as it would on the GPU. While capturing, netc's
+    optimizers see a capture in progress (as under torch.cuda.graph) and leave lr to push_lr.
     """
 
     def __init__(self) -> None:
@@ -293,8 +296,6 @@ class FakeGraph(TorchDispatchMode):
         return out
 
     def capture(self, fn: Callable[[], Any], monkeypatch: pytest.MonkeyPatch) -> Any:
-        from triton.runtime.interpreter import InterpretedFunction
-
         original = InterpretedFunction.run
 
         def launch(kernel, *args, grid, warmup, **kwargs):  # noqa: ANN001, ANN202
@@ -307,6 +308,7 @@ class FakeGraph(TorchDispatchMode):
 
         with monkeypatch.context() as patch:
             patch.setattr(InterpretedFunction, "run", launch)
+            patch.setattr(optim, "_capturing", lambda: True)
             with self:
                 return fn()
 
@@ -321,8 +323,9 @@ class FakeGraph(TorchDispatchMode):
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_fake_graph_replays_dropout_and_adam_like_eager_steps(device: str, optimizer: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Capture one netc step (Triton dropout, fused optimizer), replay it on new batches: each
-    replay equals an eager step with the same RNG state, so masks and Adam's t move per replay."""
+    """Capture one netc step (Triton dropout, fused optimizer), replay it on new batches with a new
+    lr each time: each replay equals an eager step with the same RNG state and lr, so masks,
+    Adam's t and the lr move per replay."""
     if device != "cpu":
         pytest.skip("the fake graph stands in for CUDA graphs on the CPU interpreter")
     fast, fast_opt, plain, plain_opt = _netc_pair(device, optimizer, DROPOUT_NET)
@@ -333,9 +336,12 @@ def test_fake_graph_replays_dropout_and_adam_like_eager_steps(device: str, optim
     graph = FakeGraph()
     losses = []
     for index, (x, y) in enumerate(data):
+        for group in (*fast_opt.param_groups, *plain_opt.param_groups):
+            group["lr"] = 0.03 / (index + 1)  # a per-step schedule
         torch.manual_seed(100 + index)
         step.static_x.copy_(x)
         step.static_y.copy_(y)
+        push_lr(fast_opt)  # as TrainStep.replay does (the capture here also runs the step)
         if index == 0:
             loss = graph.capture(lambda: step._eager_step(step.static_x, step.static_y), monkeypatch)
         else:
@@ -349,7 +355,44 @@ def test_fake_graph_replays_dropout_and_adam_like_eager_steps(device: str, optim
         losses.append(float(loss))
     assert len(set(losses)) == len(losses)  # the replays really ran on the new batches
     assert not any(func is torch.ops.aten._local_scalar_dense.default for func, *_ in graph.record)
+    lr_storage = fast_opt._lr.untyped_storage().data_ptr()  # no write to the device lr was captured
+    assert not any(isinstance(args[0], torch.Tensor) and args[0].untyped_storage().data_ptr() == lr_storage
+                   for func, args, _, _ in graph.record
+                   if func is not InterpretedFunction.run and func._schema.is_mutable)
     _assert_same_state(fast, plain, fast_opt, plain_opt)
+
+
+def test_netc_per_step_lr_schedule_needs_one_capture(device: str) -> None:
+    """netc's optimizers read lr from the device: a new lr every step keeps one graph (on CUDA)."""
+    fast, fast_opt, plain, plain_opt = _netc_pair(device, "adam")
+    data = [(torch.rand(5, 1, 28, 28, device=device), torch.randint(0, 10, (5,), device=device))
+            for _ in range(4)]
+    step = make_train_step(fast, fast_opt, fast.loss, data[0])
+    for index, (x, y) in enumerate(data):
+        for group in (*fast_opt.param_groups, *plain_opt.param_groups):
+            group["lr"] = 0.05 / (index + 1)
+        plain_opt.zero_grad()
+        loss = plain.loss(plain(x), y)
+        loss.backward()
+        plain_opt.step()
+        assert float(step(x, y)) == pytest.approx(float(loss.detach()), rel=1e-5)
+    _assert_same_state(fast, plain, fast_opt, plain_opt)
+    assert step.mode == ("graph" if device == "cuda" else "eager"), step.reason
+    if device == "cuda":
+        assert step.captures == 1
+
+
+def test_hyperparameters_leave_out_a_device_lr() -> None:
+    """A netc optimizer's lr lives on the device: changing it is no reason to re-capture."""
+    import netc.kernels
+
+    module = _small_net("cpu")
+    optimizer = netc.kernels.AdamW(module.parameters(), lr=0.01)
+    before = hyperparameters(optimizer)
+    optimizer.param_groups[0]["lr"] = 0.5
+    assert hyperparameters(optimizer) == before and all(key != "lr" for key, _ in before[0])
+    optimizer.param_groups[0]["weight_decay"] = 0.3
+    assert hyperparameters(optimizer) != before
 
 
 def test_triton_dropout_net_captures_and_draws_a_new_mask_every_step(device: str) -> None:

@@ -218,7 +218,7 @@ def test_state_saves_with_safetensors(config: str, tmp_path: Any, device: str) -
 def test_step_launches_freeze_nothing_that_changes(monkeypatch: pytest.MonkeyPatch, config: str,
                                                    device: str) -> None:
     """A CUDA graph replays the kernel arguments of its capture: across steps every non-tensor
-    argument is identical, and the tensors are the same objects (the step count among them)."""
+    argument is identical, and the tensors sit at the same addresses (step count and lr among them)."""
     launches = []
     kernel = optim._adam_kernel
 
@@ -239,8 +239,8 @@ def test_step_launches_freeze_nothing_that_changes(monkeypatch: pytest.MonkeyPat
     for other_grid, other_args, other_kwargs in later:
         assert other_grid == grid and other_kwargs == kwargs
         for a, b in zip(args, other_args, strict=True):
-            assert a is b if isinstance(a, torch.Tensor) else a == b
-    step = next(a for a in args if isinstance(a, torch.Tensor) and a.dim() == 0)
+            assert a.data_ptr() == b.data_ptr() if isinstance(a, torch.Tensor) else a == b
+    step = next(a for a in args if isinstance(a, torch.Tensor) and a.dtype == torch.float32 and a.dim() == 0)
     assert step.device == model[0].weight.device and float(step) == 3.0
     assert all(state["step"].device == step.device for state in opt.state.values())
 
@@ -261,7 +261,7 @@ def build(fn, types, constexprs):
 
 for dtype in ("fp32", "fp64"):
     types = {name: "*" + dtype for name in ("p_ptr", "g_ptr", "m_ptr", "v_ptr", "vmax_ptr", "buf_ptr")}
-    types.update(step_ptr="*fp32", start="i64", end="i64")
+    types.update(step_ptr="*fp32", lr_ptr="*fp64", start="i64", end="i64")
     for flags in itertools.product([False, True], repeat=4):
         constexprs = dict(zip(("HAS_WD", "DECOUPLED", "AMSGRAD", "MAXIMIZE"), flags), BLOCK=1024)
         build(optim._adam_kernel, types, constexprs)
