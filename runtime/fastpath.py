@@ -11,12 +11,13 @@ optimizer's hyperparameters among them. A changed setting (a float in
 `param_groups`) is therefore noticed before the next replay and the step
 is captured again. netc's optimizers read lr from a device tensor instead,
 which `push_lr()` refreshes (a fill, no sync) before each replay, so their
-lr is not watched and a per-step schedule replays one graph. What changes
-every step must live on the device too: netc's
-Triton dropout draws its seed into a device tensor from the device's
-generator (which a capture advances at each replay), and netc's Adam/AdamW
-keep their step counts on the device, so both capture; an optimizer with a
-host-side step count (torch's Adam without capturable=True) runs eagerly.
+lr is not watched and a per-step schedule replays one graph.
+
+What changes every step must live on the device too: netc's Triton dropout
+draws its seed into a device tensor from the device's generator (which a
+capture advances at each replay), and netc's Adam/AdamW keep their step
+counts on the device, so both capture; an optimizer with a host-side step
+count (torch's Adam without capturable=True) runs eagerly.
 """
 
 from __future__ import annotations
