@@ -174,10 +174,9 @@ class Trainer:
             return self.net.loss(logits, targets, smoothing)
 
         example = (self.splits.train_x[: self.config.batch], self.splits.train_y[: self.config.batch])
-        # a per-step lr would re-capture a CUDA graph every step: cosine runs eagerly
-        capture = False if self.config.schedule.name == "cosine" else None
-        return make_train_step(self.net, self.optimizer, loss_fn, example,
-                               capture=capture, clip=self.config.clip)
+        # capture on CUDA; fastpath itself replays a per-step lr (netc's optimizers read it from
+        # the device) or goes eager when torch.optim's would re-capture every step
+        return make_train_step(self.net, self.optimizer, loss_fn, example, clip=self.config.clip)
 
     def _check(self, total: float, epoch: int) -> None:
         if not math.isfinite(total):
