@@ -280,13 +280,17 @@ print(json.dumps(shared))
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("NETC_TEST_GPU") == "1", reason="the GPU suite launches the kernels")
 def test_persistent_kernels_fit_gpu_shared_memory() -> None:
-    """At max_hidden, the lstm's persistent kernels (the largest) fit an A100's 163 KiB of shared memory."""
+    """At max_hidden, the lstm's persistent kernels (the largest) fit in shared memory: float32 (the
+    training path) in an A100's 163 KiB, float64 (tests only) in an H100/H200's 227 KiB; triton 3.6
+    needs 192 KiB for the float64 backward, where an A100 takes the per-step fallback."""
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     shared = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(shared) == 4 and all(0 < size <= 163 * 1024 for size in shared.values()), shared
+    limits = {"fp32": 163 * 1024, "fp64": 227 * 1024}
+    assert len(shared) == 4, shared
+    assert all(0 < size <= limits[name.split()[0]] for name, size in shared.items()), shared
 
 
 def test_exported_from_package() -> None:
