@@ -22,13 +22,13 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from netc.kernels import config
+from netc.kernels.conv_geometry import Geometry, check_tensors, geometry
 
 __all__ = ["conv2d", "conv2d_act"]
 
 # True lets float32 dots use TF32 on the GPU (faster, ~1e-3 relative error). The interpreter ignores it.
 ALLOW_TF32 = False
 
-Pair = tuple[int, int]
 Tensor = torch.Tensor
 
 # activation name -> the code the kernels branch on at compile time
@@ -292,77 +292,6 @@ def _conv2d_bwd_weight_kernel(
             tl.store(db_ptr + oc, bias_acc, mask=row_ok)
 
 
-@dataclass(frozen=True)
-class _Geometry:
-    """Everything the index math needs besides tensor sizes; pads are the top / left ones."""
-
-    stride: tuple[int, int]
-    pad: tuple[int, int]
-    dilation: tuple[int, int]
-    groups: int
-    out_hw: tuple[int, int]
-
-
-def _pair(value: int | Pair | list[int], name: str) -> Pair:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-        raise ValueError(f"conv2d: {name} must be an int or a pair of ints, got {value!r}")
-    return pair  # type: ignore[return-value]
-
-
-def _pads(padding: object, kernel: Pair, stride: Pair, dilation: Pair) -> tuple[Pair, Pair]:
-    """(top, left) pads and the total extra rows / columns, as PyTorch pads them."""
-    if padding == "valid":
-        return (0, 0), (0, 0)
-    if padding == "same":
-        if stride != (1, 1):
-            raise ValueError("conv2d: padding='same' needs stride 1")
-        totals = tuple(d * (k - 1) for d, k in zip(dilation, kernel, strict=True))
-        return tuple(t // 2 for t in totals), totals  # the odd pad goes to the bottom / right
-    if isinstance(padding, str):
-        raise ValueError(f"conv2d: padding must be 'same', 'valid', an int or a pair, got {padding!r}")
-    pad = _pair(padding, "padding")  # type: ignore[arg-type]
-    if min(pad) < 0:
-        raise ValueError(f"conv2d: padding must be >= 0, got {padding!r}")
-    return pad, (2 * pad[0], 2 * pad[1])
-
-
-def _geometry(
-    x: Tensor, weight: Tensor, stride: int | Pair, padding: int | Pair | str, dilation: int | Pair,
-    groups: int,
-) -> _Geometry:
-    stride_hw, dilation_hw = _pair(stride, "stride"), _pair(dilation, "dilation")
-    if min(stride_hw) < 1 or min(dilation_hw) < 1 or groups < 1:
-        raise ValueError("conv2d: stride, dilation and groups must be >= 1")
-    channels, out_channels = x.shape[1], weight.shape[0]
-    if channels % groups or out_channels % groups or weight.shape[1] * groups != channels:
-        raise ValueError(
-            f"conv2d: weight {tuple(weight.shape)} and groups={groups} do not fit {channels} input channels"
-        )
-    kernel = (weight.shape[2], weight.shape[3])
-    pad, pad_total = _pads(padding, kernel, stride_hw, dilation_hw)
-    out_hw = tuple(
-        (size + extra - d * (k - 1) - 1) // s + 1
-        for size, extra, d, k, s in zip(x.shape[2:], pad_total, dilation_hw, kernel, stride_hw, strict=True)
-    )
-    if min(out_hw) < 1:
-        raise ValueError(f"conv2d: kernel {kernel} does not fit the padded input {tuple(x.shape[2:])}")
-    return _Geometry(stride_hw, pad, dilation_hw, groups, out_hw)  # type: ignore[arg-type]
-
-
-def _check_tensors(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    if x.dtype not in (torch.float32, torch.float64):
-        raise NotImplementedError(f"conv2d: dtype {x.dtype} (float32 and float64 only)")
-    if x.dim() not in (3, 4) or weight.dim() != 4:
-        shapes = f"{tuple(x.shape)}, {tuple(weight.shape)}"
-        raise ValueError(f"conv2d: expected a 3-D or 4-D input and a 4-D weight, got {shapes}")
-    others = [weight] + ([bias] if bias is not None else [])
-    if any(t.dtype != x.dtype or t.device != x.device for t in others):
-        raise NotImplementedError("conv2d: mixed dtypes or devices between input, weight and bias")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"conv2d: bias shape {tuple(bias.shape)} != ({weight.shape[0]},)")
-
-
 def _dot_args(dtype: torch.dtype, kind: str, gemm: tuple[int, int, int]) -> dict:
     """Launch keywords shared by the three GEMM kernels (GEMM sizes M, N, K): precision, tiles, warps."""
     interpreted = config.interpreting()
@@ -379,11 +308,11 @@ def _dot_args(dtype: torch.dtype, kind: str, gemm: tuple[int, int, int]) -> dict
     )
 
 
-def _geometry_args(geo: _Geometry) -> tuple[int, ...]:
+def _geometry_args(geo: Geometry) -> tuple[int, ...]:
     return (*geo.stride, *geo.pad, *geo.dilation)
 
 
-def _forward(x: Tensor, weight: Tensor, bias: Tensor | None, geo: _Geometry, act: int, slope: float,
+def _forward(x: Tensor, weight: Tensor, bias: Tensor | None, geo: Geometry, act: int, slope: float,
              pre: Tensor | None) -> Tensor:
     batch, channels, height, width = x.shape
     out_channels, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
@@ -402,7 +331,7 @@ def _forward(x: Tensor, weight: Tensor, bias: Tensor | None, geo: _Geometry, act
 
 
 def _backward_input(
-    dy: Tensor, y: Tensor, weight: Tensor, x_shape: torch.Size, geo: _Geometry, act: int, slope: float
+    dy: Tensor, y: Tensor, weight: Tensor, x_shape: torch.Size, geo: Geometry, act: int, slope: float
 ) -> Tensor:
     batch, channels, height, width = x_shape
     dx = config.new_empty(x_shape, dy)
@@ -419,7 +348,7 @@ def _backward_input(
 
 
 def _backward_weight(
-    dy: Tensor, y: Tensor, x: Tensor, w_shape: torch.Size, geo: _Geometry, act: int, slope: float,
+    dy: Tensor, y: Tensor, x: Tensor, w_shape: torch.Size, geo: Geometry, act: int, slope: float,
     with_bias: bool,
 ) -> tuple[Tensor, Tensor | None]:
     out_channels, cg, kh, kw = w_shape
@@ -442,7 +371,7 @@ class _Conv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, geo: _Geometry, act: int, slope: float
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, geo: Geometry, act: int, slope: float
     ) -> Tensor:
         pre = None  # leaky_relu's derivative needs the input's sign, which y hides when slope < 0
         if act == _ACTIVATIONS["leaky_relu"] and slope < 0:
@@ -484,10 +413,10 @@ def conv2d_act(
     """
     if activation not in _ACTIVATIONS:
         raise NotImplementedError(f"conv2d_act: activation {activation!r} (one of {list(_ACTIVATIONS)})")
-    _check_tensors(input, weight, bias)
+    check_tensors(input, weight, bias)
     batched = input.dim() == 4
     x = input if batched else input.unsqueeze(0)
-    geo = _geometry(x, weight, stride, padding, dilation, groups)
+    geo = geometry(x, weight, stride, padding, dilation, groups)
     y = _Conv2dFunction.apply(x, weight, bias, geo, _ACTIVATIONS[activation], float(slope))
     return y if batched else y.squeeze(0)
 
