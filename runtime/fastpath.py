@@ -103,7 +103,14 @@ def optimizer_blocker(optimizer: torch.optim.Optimizer) -> str:
     count kept on the host (torch's Adam without capturable=True; netc's
     Adam/AdamW keep theirs on the device): its bias correction is computed
     in Python and would be baked into the graph at its capture-time value.
+    SGD with momentum and dampening is refused too: the warm-up leaves a
+    zeroed buffer, which matches a fresh one only without dampening.
     """
+    for group in optimizer.param_groups:
+        if group.get("momentum", 0) and group.get("dampening", 0):
+            # SGD's first step starts the buffer as the undamped gradient, later steps damp it:
+            # one captured step cannot be both, and a zeroed buffer would damp the first step
+            return "SGD with momentum and dampening: its first step differs from the rest; running eagerly"
     for param, state in optimizer.state.items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor) and value.device != param.device:

@@ -164,6 +164,24 @@ def test_capture_on_cpu_is_refused() -> None:
         make_train_step(module, _sgd(module), F.cross_entropy, _batches("cpu", 1)[0], capture=True)
 
 
+def test_sgd_with_dampening_is_not_captured(device: str) -> None:
+    """A zeroed momentum buffer damps the first step, a fresh one does not: such SGD runs eagerly,
+    and its fast steps still equal plain ones."""
+    from netc.runtime.fastpath import optimizer_blocker
+
+    module = _small_net(device)
+    damped = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9, dampening=0.5)
+    assert "dampening" in optimizer_blocker(damped)
+    assert optimizer_blocker(_sgd(module)) == ""
+    fast, fast_opt, plain, plain_opt = _pair(
+        device, lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, dampening=0.5))
+    step = make_train_step(fast, fast_opt, F.cross_entropy, _batches(device, 1)[0])
+    assert step.mode == "eager"
+    for x, y in _batches(device, 3):
+        assert float(step(x, y)) == pytest.approx(_plain_step(plain, plain_opt, x, y), rel=1e-6)
+    _assert_same_state(fast, plain, fast_opt, plain_opt)
+
+
 SMALL_NET = """
 net small {
     input [1, 28, 28]
