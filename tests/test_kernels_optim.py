@@ -19,12 +19,14 @@ CONFIGS: dict[str, tuple[type, type, dict[str, Any]]] = {
     "sgd-momentum": (*SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.1}),
     "sgd-nesterov": (*SGD, {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.01}),
     "sgd-maximize": (*SGD, {"lr": 0.01, "momentum": 0.5, "maximize": True}),
+    "sgd-wd-maximize": (*SGD, {"lr": 0.1, "weight_decay": 0.2, "maximize": True}),  # decay without momentum
     "adam": (*ADAM, {"lr": 0.01}),
     "adam-wd-betas": (*ADAM, {"lr": 0.02, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.1}),
     "adam-amsgrad-max": (*ADAM, {"lr": 0.01, "amsgrad": True, "maximize": True}),
     "adam-zero-betas": (*ADAM, {"lr": 0.01, "betas": (0.0, 0.0)}),  # log(0): the kernel's beta^t must be 0
     "adamw": (*ADAMW, {"lr": 0.01}),
     "adamw-amsgrad": (*ADAMW, {"lr": 0.02, "weight_decay": 0.3, "amsgrad": True}),
+    "adamw-maximize": (*ADAMW, {"lr": 0.02, "betas": (0.85, 0.99), "eps": 1e-7, "maximize": True}),
 }
 
 
@@ -170,14 +172,21 @@ def test_param_groups_with_their_own_lr(device: str) -> None:
     _assert_same(model, ref, opt, ref_opt, torch.float64, "groups")
 
 
-def test_frozen_parameters_stay_put(device: str) -> None:
-    model = _model(torch.float64, device)
-    model[0].weight.requires_grad_(False)
-    frozen = model[0].weight.detach().clone()
-    opt = optim.SGD(model.parameters(), lr=0.1, weight_decay=0.5)
-    _train(model, opt, _inputs(2, torch.float64, device))
+@pytest.mark.parametrize("config", ["sgd-momentum", "adamw"])
+def test_frozen_parameters_stay_put(config: str, device: str) -> None:
+    """A parameter without requires_grad keeps its values; the others move exactly as torch's do."""
+    model, ref, _, _ = _pair(config, torch.float64, device)
+    for m in (model, ref):
+        m[0].weight.requires_grad_(False)
+    frozen, trained = model[0].weight.detach().clone(), model[2].weight.detach().clone()
+    ours_cls, ref_cls, kwargs = CONFIGS[config]
+    opt, ref_opt = ours_cls(model.parameters(), **kwargs), ref_cls(ref.parameters(), **kwargs)
+    inputs = _inputs(2, torch.float64, device)
+    _train(model, opt, inputs)
+    _train(ref, ref_opt, inputs)
     assert torch.equal(model[0].weight, frozen)
-    assert not torch.equal(model[2].weight, _model(torch.float64, device)[2].weight)
+    assert not torch.equal(model[2].weight, trained)  # the same tensor before and after: it moved
+    _assert_same(model, ref, opt, ref_opt, torch.float64, "frozen")
 
 
 def test_rejections(device: str) -> None:
