@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_helpers_conv import strided_like
 from kernel_helpers_dense import check
 
 from netc.kernels import activation as A
@@ -28,9 +29,15 @@ def _forward_backward(fn: Callable, x: torch.Tensor, grad: torch.Tensor, **kwarg
     return y, dx
 
 
-def _compare(name: str, x: torch.Tensor, dtype: torch.dtype = torch.float64, **kwargs) -> None:
+def _compare(
+    name: str, x: torch.Tensor, dtype: torch.dtype = torch.float64, strided_grad: bool = False, **kwargs
+) -> None:
     ours, ref = FUNCTIONS[name]
-    grad = torch.randn(x.shape, dtype=torch.float64, device=x.device)
+    if strided_grad:  # dL/dy as a slice or a transpose hands it over, not contiguous
+        grad = strided_like(x.shape, torch.float64, str(x.device))
+        assert not grad.is_contiguous()
+    else:
+        grad = torch.randn(x.shape, dtype=torch.float64, device=x.device)
     y, dx = _forward_backward(ours, x.to(dtype), grad.to(dtype), **kwargs)
     y_ref, dx_ref = _forward_backward(ref, x.double(), grad, **kwargs)
     check(f"{name}:forward", y, y_ref, dtype)
@@ -54,6 +61,8 @@ def test_non_contiguous_input(name: str, device: str) -> None:
     x = base.t()[::2]  # (7, 11), strides (1, 28)
     assert not x.is_contiguous()
     _compare(name, x)
+    _compare(name, x, strided_grad=True)
+    _compare(name, x, torch.float32, strided_grad=True)
 
 
 @pytest.mark.parametrize("slope", [0.0, 0.2, -0.7, 1.5])
