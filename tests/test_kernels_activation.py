@@ -33,12 +33,12 @@ def _compare(
     name: str, x: torch.Tensor, dtype: torch.dtype = torch.float64, strided_grad: bool = False, **kwargs
 ) -> None:
     ours, ref = FUNCTIONS[name]
-    if strided_grad:  # dL/dy as a slice or a transpose hands it over, not contiguous
-        grad = strided_like(x.shape, torch.float64, str(x.device))
-        assert not grad.is_contiguous()
-    else:
-        grad = torch.randn(x.shape, dtype=torch.float64, device=x.device)
-    y, dx = _forward_backward(ours, x.to(dtype), grad.to(dtype), **kwargs)
+    grad = torch.randn(x.shape, dtype=torch.float64, device=x.device)
+    ours_grad = grad.to(dtype)
+    if strided_grad:  # the same values, laid out as a slice of a transpose: not contiguous
+        ours_grad = strided_like(x.shape, dtype, str(x.device)).copy_(grad)
+        assert not ours_grad.is_contiguous()
+    y, dx = _forward_backward(ours, x.to(dtype), ours_grad, **kwargs)
     y_ref, dx_ref = _forward_backward(ref, x.double(), grad, **kwargs)
     check(f"{name}:forward", y, y_ref, dtype)
     check(f"{name}:grad", dx, dx_ref, dtype)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_helpers_conv import strided_like
 from kernel_helpers_dense import check
 
 from netc.kernels.linear import linear, linear_act
@@ -36,6 +37,7 @@ def _compare(
     slope: float = 0.01,
     dtype: torch.dtype = torch.float64,
     label: str = "linear",
+    strided_grad: bool = False,
 ) -> None:
     """Forward and every gradient of our kernel (inputs cast to dtype) vs torch in float64."""
     inputs = [t for t in (x, w, b) if t is not None]
@@ -50,7 +52,11 @@ def _compare(
     y_ref = _reference(ref_in[0], ref_in[1], ref_b, act, slope)
     check(f"{label}:forward", y, y_ref, dtype)
     grad = torch.randn(y_ref.shape, dtype=torch.float64, device=x.device)
-    grads = torch.autograd.grad(y, ours_in, grad.to(dtype))
+    ours_grad = grad.to(dtype)
+    if strided_grad:  # the same values, laid out as a slice of a transpose: not contiguous
+        ours_grad = strided_like(y_ref.shape, dtype, str(x.device)).copy_(grad)
+        assert not ours_grad.is_contiguous()
+    grads = torch.autograd.grad(y, ours_in, ours_grad)
     grads_ref = torch.autograd.grad(y_ref, ref_in, grad)
     assert len(grads) == len(grads_ref) == len(inputs)
     for name, g, g_ref in zip(("grad_input", "grad_weight", "grad_bias"), grads, grads_ref, strict=False):
@@ -113,6 +119,31 @@ def test_partial_requires_grad(device: str) -> None:
 def test_zero_in_features_gives_activated_bias(device: str) -> None:
     x, w, b = _make((4, 0), 3, device)
     check("linear:forward", linear_act(x, w, b, "relu"), F.relu(F.linear(x, w, b)))
+    _compare(x, w, b, "sigmoid", label="linear_act")  # the bias gradient still sums the rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("act", [None, "tanh"])
+def test_non_contiguous_output_gradient(act: str | None, dtype: torch.dtype, device: str) -> None:
+    """dL/dy that is a strided view: the input, weight and bias gradients read it by its strides."""
+    for shape in ((13, 17), (3, 5, 13)):  # 2-D reaches the kernels as it is; 3-D goes through a reshape
+        x, w, b = _make(shape, 9, device)
+        _compare(x, w, b, act, dtype=dtype, label="linear_act" if act else "linear", strided_grad=True)
+
+
+@pytest.mark.parametrize("needs", ["input", "bias", "input+bias"])
+def test_other_partial_gradients(needs: str, device: str) -> None:
+    """Only some of input / bias need a gradient (the weight is frozen): those gradients are right."""
+    x, w, b = _make((7, 11), 5, device)
+    x.requires_grad_("input" in needs)
+    b.requires_grad_("bias" in needs)
+    xr, br = (t.detach().clone().requires_grad_(t.requires_grad) for t in (x, b))
+    leaves, ref_leaves = [t for t in (x, b) if t.requires_grad], [t for t in (xr, br) if t.requires_grad]
+    grads = torch.autograd.grad(linear_act(x, w, b, "tanh").sum(), leaves)
+    refs = torch.autograd.grad(torch.tanh(F.linear(xr, w, br)).sum(), ref_leaves)
+    assert len(grads) == len(needs.split("+"))
+    for g, g_ref in zip(grads, refs, strict=True):
+        check("linear_act:partial", g, g_ref)
 
 
 def test_rejections(device: str) -> None:
