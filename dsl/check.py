@@ -50,8 +50,11 @@ def read_file(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.read()
-    except (OSError, UnicodeDecodeError) as error:
-        raise SourceFileError(f"cannot read {path}: {error}", path) from None
+    except UnicodeDecodeError as error:
+        reason = f"it is not a text file (the byte at offset {error.start} is not UTF-8)"
+        raise SourceFileError(f"cannot read {path}: {reason}", path) from None
+    except OSError as error:
+        raise SourceFileError(f"cannot read {path}: {error.strerror or error}", path) from None
 
 
 def read_source(path_or_source: str, path: str | None = None) -> tuple[str, str]:
@@ -68,6 +71,11 @@ def check_file(path_or_source: str, path: str | None = None) -> CheckResult:
     """Parse and check a file or source text; raise NetError listing every error found."""
     source, shown_path = read_source(path_or_source, path)
     return check_program(parse_program(source, shown_path))
+
+
+def parse_path(path: str) -> Graph:
+    """The checked Graph of the `.net` file at `path`, never taken as source text (the CLI's FILE)."""
+    return check_program(parse_program(read_file(path), path)).graph
 
 
 def parse_file(path_or_source: str, path: str | None = None) -> Graph:

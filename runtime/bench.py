@@ -92,14 +92,14 @@ class Report:
 
 def run(args: argparse.Namespace) -> int:
     """The `netc bench` command; returns 1 when a contender failed (the others are still reported)."""
-    from netc.dsl import parse
+    from netc.dsl.check import parse_path
     from netc.runtime.lower import resolve_target
 
     known = [contender.name for contender in CONTENDERS]
     unknown = [name for name in args.contenders or [] if name not in known]
     if unknown:
         raise DataError(f"unknown contender {unknown[0]!r}: choose from {', '.join(known)}")
-    graph = parse(args.file)
+    graph = parse_path(args.file)
     device, _, _ = resolve_target(args.device, "torch")
     if device.type == "cpu":
         resolve_target(device, "triton")  # chooses Triton's interpreter before any kernel loads

@@ -233,9 +233,9 @@ def _batched(batch: int, shape: tuple[int, ...]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Check FILE layer by layer and as a whole; print the tables; 1 if any error exceeds the tolerance."""
-    from netc.dsl import parse
+    from netc.dsl.check import parse_path
 
-    graph = parse(args.file)
+    graph = parse_path(args.file)
     device, _, _ = resolve_target(args.device, "triton")
     tolerance, precision = default_tolerance(device)
     if args.tol is not None:

@@ -126,8 +126,8 @@ def _write_json(path: str, value: Any) -> None:
         handle.write("\n")
 
 
-def _check_target(target: str) -> None:
-    """Refuse to replace a directory that is not a checkpoint (it may hold the user's files)."""
+def check_target(target: str) -> None:
+    """Refuse to replace a directory that is not a checkpoint (it may hold the user's files), or a file."""
     if os.path.isdir(target) and os.listdir(target) and not os.path.isfile(os.path.join(target, META_FILE)):
         raise DataError(f"{target} exists and is not a netc checkpoint; choose another --out directory")
     if os.path.exists(target) and not os.path.isdir(target):
@@ -144,7 +144,7 @@ def save(
     """Write a checkpoint to `target` atomically; `extras(tmpdir)` may add files (metrics, plots)."""
     target = os.path.abspath(target)
     _recover(target)
-    _check_target(target)
+    check_target(target)
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     _remove_leftovers(parent, name)
@@ -219,7 +219,8 @@ def load(path: str) -> Checkpoint:
     _recover(path)
     meta_path = os.path.join(path, META_FILE)
     if not os.path.isdir(path):
-        raise DataError(f"no checkpoint at {path} (the directory does not exist)")
+        why = "it is a file, not a directory" if os.path.exists(path) else "the directory does not exist"
+        raise DataError(f"no checkpoint at {path} ({why})")
     if not os.path.isfile(meta_path):
         raise DataError(f"{path} is not a netc checkpoint (it has no {META_FILE})")
     try:

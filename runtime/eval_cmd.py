@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from netc.dsl.check import parse_path
 from netc.dsl.errors import DataError
 from netc.runtime import checkpoint as ckpt
 from netc.runtime.data import prepare
 from netc.runtime.train import evaluate
-from netc.runtime.train_cmd import load_network, parse_net
+from netc.runtime.train_cmd import load_network
 
 
 def run(args: argparse.Namespace) -> int:
-    graph = parse_net(args.file)
+    graph = parse_path(args.file)
     checkpoint = ckpt.load(args.checkpoint)
     ckpt.check_source(checkpoint, graph.source, graph.path)
     seed = int(checkpoint.meta.get("seed", graph.train.seed))

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from netc.dsl.check import parse_path
 from netc.dsl.errors import DataError
 from netc.dsl.ir import Graph, TrainConfig
 from netc.runtime import checkpoint as ckpt
@@ -28,14 +29,6 @@ def apply_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfi
     if getattr(args, "lr", None) is not None:
         changes["optimizer"] = dataclasses.replace(config.optimizer, lr=args.lr)
     return dataclasses.replace(config, **changes)
-
-
-def parse_net(path: str) -> Graph:
-    from netc.dsl import parse
-
-    if not os.path.isfile(path):
-        raise DataError(f"no such file: {path}")
-    return parse(path)
 
 
 def load_network(graph: Graph, device: str, backend: str, seed: int) -> Any:
@@ -89,12 +82,13 @@ def _resume_checkpoint(args: argparse.Namespace, graph: Graph) -> ckpt.Checkpoin
 
 
 def run(args: argparse.Namespace) -> int:
-    graph = parse_net(args.file)
+    graph = parse_path(args.file)
     checkpoint = _resume_checkpoint(args, graph)
     config = apply_overrides(graph.train, args)
     if checkpoint is not None:
         config = dataclasses.replace(config, seed=checkpoint.meta["seed"])
     out = args.out or args.resume or os.path.join("runs", graph.name)
+    ckpt.check_target(os.path.abspath(out))  # before any training: a bad --out would fail at epoch 1's end
     net = load_network(graph, args.device, args.backend, config.seed)
     classes = graph.output_shape[-1] if len(graph.output_shape) == 1 else -1
     if classes < 2:

@@ -158,6 +158,9 @@ def test_sigkill_during_saves_leaves_a_whole_checkpoint(tmp_path: Path, delay: f
 def test_missing_and_damaged_checkpoints_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no checkpoint at .*does not exist"):
         ckpt.load(str(tmp_path / "absent"))
+    (tmp_path / "a_file").write_text("not a checkpoint")
+    with pytest.raises(DataError, match="no checkpoint at .*a_file \\(it is a file, not a directory\\)"):
+        ckpt.load(str(tmp_path / "a_file"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="not a netc checkpoint .*no meta.json"):
         ckpt.load(str(tmp_path / "empty"))

@@ -146,6 +146,7 @@ def test_missing_unreadable_and_usage_errors(netc, files):
     (files / "latin.net").write_bytes(b"net a {\n    input [784] \xff\n}\n")
     unreadable = netc("compile", "latin.net", cwd=files)
     assert unreadable.returncode == 1 and unreadable.stderr.startswith("error: cannot read latin.net")
+    assert "not a text file (the byte at offset 24 is not UTF-8)" in unreadable.stderr
     assert netc("compile", "good.net", "--emit", "bogus", cwd=files).returncode == 2
 
 

@@ -99,7 +99,8 @@ def test_non_finite_loss_exits_1(tmp_path: Path) -> None:
     assert "error: the training loss became nan in epoch 1" in result.stderr and "--lr" in result.stderr
 
 
-@pytest.mark.parametrize("case", ["no_data", "no_checkpoint", "no_file", "bad_limit"])
+@pytest.mark.parametrize("case", ["no_data", "no_checkpoint", "no_file", "bad_limit", "out_is_file",
+                                  "dir_as_file", "checkpoint_is_file"])
 def test_user_mistakes_exit_with_a_message(tmp_path: Path, case: str) -> None:
     net = tiny_net(tmp_path, data=tmp_path / "missing")
     if case == "no_data":
@@ -111,6 +112,17 @@ def test_user_mistakes_exit_with_a_message(tmp_path: Path, case: str) -> None:
     elif case == "no_file":
         result = netc("train", str(tmp_path / "absent.net"), "--device", "cpu")
         expected, code = "absent.net", 1
+    elif case == "out_is_file":
+        (tmp_path / "taken").write_text("the user's file")
+        result = netc("train", str(net), "--device", "cpu", "--out", str(tmp_path / "taken"))
+        expected, code = "taken exists and is not a directory", 1
+        assert "epoch" not in result.stderr  # refused before training, not after the first epoch
+    elif case == "dir_as_file":
+        result = netc("eval", str(tmp_path), "--checkpoint", str(tmp_path), "--device", "cpu")
+        expected, code = "is a directory, not a .net file", 1
+    elif case == "checkpoint_is_file":
+        result = netc("eval", str(net), "--checkpoint", str(net), "--device", "cpu")
+        expected, code = "(it is a file, not a directory)", 1
     else:
         result = netc("train", str(net), "--limit", "0")
         expected, code = "must be at least 1", 2

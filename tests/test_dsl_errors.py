@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from netc.dsl import parse
-from netc.dsl.check import check_file
+from netc.dsl.check import check_file, parse_path
 from netc.dsl.errors import NetError
 
 
@@ -258,6 +258,23 @@ def test_repeat_reports_a_wrong_layer_once():
 def test_repeat_expansion_is_bounded():
     errors = _errors(_net(*_VECTOR, "repeat 1000 {", "repeat 1000 {", "relu", "}", "}", "linear 10"))
     assert errors[0][2] == "this `repeat` makes the net longer than 100000 layers"
+
+
+def test_parse_path_reads_files_only(tmp_path):
+    # the CLI's FILE is always a path: a missing one is named, never parsed as source text
+    with pytest.raises(NetError) as caught:
+        parse_path(str(tmp_path / "missing"))
+    assert str(caught.value) == f"error: {tmp_path / 'missing'} does not exist"
+    with pytest.raises(NetError) as caught:
+        parse_path(str(tmp_path))
+    assert str(caught.value) == f"error: {tmp_path} is a directory, not a .net file"
+    (tmp_path / "empty.net").write_text("")
+    with pytest.raises(NetError) as caught:
+        parse_path(str(tmp_path / "empty.net"))
+    assert caught.value.path == str(tmp_path / "empty.net") and "no `net` block" in caught.value.message
+    (tmp_path / "ok.net").write_text(_net(*_VECTOR, "linear 10"))
+    graph = parse_path(str(tmp_path / "ok.net"))
+    assert graph.path == str(tmp_path / "ok.net") and graph.output_shape == (10,)
 
 
 def test_missing_file_and_dataset_path_skip():
