@@ -69,6 +69,11 @@ def test_non_contiguous_input_same_mask_as_contiguous(device: str) -> None:
     assert torch.equal(y, dropout(x.contiguous(), 0.5, seed=3))
     kept = y != 0
     torch.testing.assert_close(y[kept], x[kept] * 2, rtol=1e-15, atol=0)
+    # the backward with a strided dL/dy (as a transpose hands it over) applies the same mask
+    x = x.detach().requires_grad_(True)
+    grad = torch.randn(13, 9, dtype=torch.float64, device=device).t()
+    (dx,) = torch.autograd.grad(dropout(x, 0.5, seed=3), x, grad)
+    torch.testing.assert_close(dx, grad * kept * 2, rtol=1e-15, atol=0)
 
 
 def test_float32_scale(device: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_helpers_conv import strided_like
 from kernel_helpers_dense import check
 
 from netc.kernels.loss import cross_entropy
@@ -25,7 +26,13 @@ def _targets(shape: tuple[int, ...], kind: str, device: str) -> torch.Tensor:
     return torch.randint(0, classes, index_shape, device=device)
 
 
-def _compare(x: torch.Tensor, target: torch.Tensor, dtype: torch.dtype = torch.float64, **kwargs) -> None:
+def _compare(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    dtype: torch.dtype = torch.float64,
+    strided_grad: bool = False,
+    **kwargs,
+) -> None:
     """Loss and d loss / d input of ours (input cast to dtype) vs torch's in float64."""
     ours_x = x.detach().to(dtype).requires_grad_(True)
     ref_x = x.detach().double().requires_grad_(True)
@@ -35,7 +42,11 @@ def _compare(x: torch.Tensor, target: torch.Tensor, dtype: torch.dtype = torch.f
     loss_ref = F.cross_entropy(ref_x, target, **kwargs)
     check("cross_entropy:forward", loss, loss_ref, dtype)
     grad = torch.randn(loss_ref.shape, dtype=torch.float64, device=x.device)
-    (dx,) = torch.autograd.grad(loss, ours_x, grad.to(dtype))
+    ours_grad = grad.to(dtype)
+    if strided_grad:  # per-element losses, weighted through a slice of a transpose: not contiguous
+        ours_grad = strided_like(loss_ref.shape, dtype, str(x.device)).copy_(grad)
+        assert not ours_grad.is_contiguous()
+    (dx,) = torch.autograd.grad(loss, ours_x, ours_grad)
     (dx_ref,) = torch.autograd.grad(loss_ref, ref_x, grad)
     check("cross_entropy:grad", dx, dx_ref, dtype)
 
@@ -102,6 +113,17 @@ def test_non_contiguous_input_and_target(device: str) -> None:
     assert not (x.is_contiguous() or target.is_contiguous() or probs.is_contiguous())
     _compare(x, target, label_smoothing=0.1)
     _compare(x, probs, reduction="sum")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("case", ["2d", "kdim"])
+def test_non_contiguous_output_gradient(case: str, kind: str, dtype: torch.dtype, device: str) -> None:
+    """reduction='none' with a strided dL/dloss: each row's gradient is scaled by its own entry."""
+    shape = SHAPES[case]
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+    weight = torch.rand(C, dtype=torch.float64, device=device) + 0.1
+    _compare(x, _targets(shape, kind, device), dtype, strided_grad=True, reduction="none", weight=weight)
 
 
 def test_int32_targets(device: str) -> None:
