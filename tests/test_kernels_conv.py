@@ -214,6 +214,21 @@ def test_conv2d_act_leaky_relu_any_slope(device: str, slope: float, dtype: torch
     )
 
 
+@pytest.mark.parametrize("activation, slope", [("relu", 0.0), ("tanh", 0.0), ("leaky_relu", -0.3)])
+def test_conv2d_act_without_bias_unbatched_same(device: str, activation: str, slope: float) -> None:
+    """bias=None with an activation (the fused epilogue without its bias load), padding='same',
+    an unbatched input: forward, input and weight gradients."""
+    x, w, _ = _tensors(device, (3, 7, 9), 4, (3, 2), {}, bias=False)
+    kwargs = {"padding": "same", "dilation": (1, 2)}
+    act = _REFERENCE_ACTIVATIONS[activation]
+    compare_with_torch(
+        f"conv2d_act[{activation}]",
+        lambda x, w, b: conv2d_act(x, w, b, **kwargs, activation=activation, slope=slope),
+        lambda x, w, b: act(F.conv2d(x, w, b, **kwargs), slope),
+        [x, w, None],
+    )
+
+
 def test_conv2d_act_positional_signature(device: str) -> None:
     """conv2d_act(input, weight, bias, stride, padding, dilation, groups, activation, slope)."""
     x, w, b = _tensors(device, (1, 2, 7, 6), 3, (2, 3), {})
