@@ -19,11 +19,6 @@ def write_jsonl(directory: str, history: list[dict[str, Any]]) -> str:
     return path
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def plot(directory: str, history: list[dict[str, Any]], title: str) -> str | None:
     """Loss (train, val) and accuracy (val, test) per epoch; None when there is no epoch to draw."""
     epochs = [record for record in history if "epoch" in record and "train_loss" in record]

@@ -192,8 +192,12 @@ class Trainer:
         total = torch.full((), state.loss_sum, dtype=torch.float32, device=splits.train_x.device)
         self.progress.start(epoch + 1, self.config.epochs, self.steps_per_epoch, state.batch)
         samples = 0
-        for index in range(state.batch, self.steps_per_epoch):
+        per_step_lr = self.config.schedule.name == "cosine"  # the others change lr between epochs only
+        if not per_step_lr:
             self._set_lr(epoch, state.step)
+        for index in range(state.batch, self.steps_per_epoch):
+            if per_step_lr:
+                self._set_lr(epoch, state.step)
             batch_index = order[index * size:(index + 1) * size]
             loss = self._step.gather(splits.train_x, splits.train_y, batch_index)
             total.add_(loss, alpha=batch_index.shape[0])

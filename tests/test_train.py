@@ -179,6 +179,30 @@ def check_resume(dataset: str, tmp_path: Path, settings: str, stop_at: int, back
             assert torch.equal(torch.as_tensor(saved[key]), torch.as_tensor(value)), key
 
 
+@pytest.mark.parametrize("schedule", ["", "schedule step every=1 gamma=0.5", "schedule cosine"])
+def test_every_step_runs_at_its_scheduled_lr(dataset: str, schedule: str) -> None:
+    trainer = make_trainer(dataset, None, f"optimizer sgd lr=0.1\n    {schedule}")
+    seen: list[float] = []
+    make_step = trainer._make_step
+
+    def recording_step() -> Any:
+        step = make_step()
+        gather = step.gather
+
+        def gather_and_record(*args: Any) -> Any:
+            seen.append(trainer.optimizer.param_groups[0]["lr"])
+            return gather(*args)
+
+        step.gather = gather_and_record  # type: ignore[method-assign]
+        return step
+
+    trainer._make_step = recording_step  # type: ignore[method-assign]
+    trainer.fit()
+    config = trainer.config.schedule
+    assert seen == [learning_rate(0.1, config, step // 5, step, 15) for step in range(15)]  # 3 epochs of 5
+    assert len(set(seen)) == {"": 1, "schedule step every=1 gamma=0.5": 3, "schedule cosine": 15}[schedule]
+
+
 def test_backends_give_the_same_losses(dataset: str) -> None:
     runs = {}
     for backend in ("torch", "triton"):
