@@ -33,6 +33,19 @@ def test_programs_draw_different_masks(device: str) -> None:
     assert not torch.equal(kept[:-1], kept[1:])
 
 
+def test_mask_has_no_positional_pattern(device: str) -> None:
+    """Each quarter keeps about half, and neighbours agree about half the time (a striped or
+    block-wise mask with the right overall fraction fails): binomial bounds at 6 sigma."""
+    kept = (dropout(torch.ones(N, dtype=torch.float64, device=device), 0.5) != 0).double()
+    quarter = N // 4
+    for chunk in kept[: 4 * quarter].view(4, quarter):
+        assert abs(chunk.sum().item() - quarter / 2) < 6 * math.sqrt(quarter / 4)
+    for lag in (1, 2, 7):
+        agree = (kept[lag:] == kept[:-lag]).sum().item()
+        pairs = N - lag
+        assert abs(agree - pairs / 2) < 6 * math.sqrt(pairs / 4), f"lag {lag}: {agree} of {pairs}"
+
+
 @pytest.mark.parametrize("shape", [(7, 13), (3, 5, 11)], ids=str)
 def test_backward_reuses_forward_mask(shape: tuple[int, ...], device: str) -> None:
     x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
