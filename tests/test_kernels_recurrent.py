@@ -199,7 +199,14 @@ def test_float32_against_float64_reference(kind: str, device: str) -> None:
         assert mine.dtype == torch.float32
         torch.testing.assert_close(mine.double(), ref, rtol=1e-4, atol=2e-5)
     grads = torch.autograd.grad(ours[0].sum(), [x32, *weights32])
-    ref_grads = torch.autograd.grad(theirs[0].sum(), [x64, *module._flat_weights])
+    ref_grads = torch.autograd.grad(theirs[0].sum(), [x64, *module._flat_weights], retain_graph=True)
+    for mine, ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(mine.double(), ref, rtol=1e-4, atol=1e-4)
+    # the final states feed the loss too (their gradients enter the backward at the last step)
+    ours = _flatten(kind, _ours(kind, x32, weights32, 2, True))
+    loss_weights = [torch.randn_like(ref) for ref in theirs]
+    grads = torch.autograd.grad(_loss(ours, [w.float() for w in loss_weights], "sequence"), [x32, *weights32])
+    ref_grads = torch.autograd.grad(_loss(theirs, loss_weights, "sequence"), [x64, *module._flat_weights])
     for mine, ref in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(mine.double(), ref, rtol=1e-4, atol=1e-4)
 
