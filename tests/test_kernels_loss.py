@@ -130,6 +130,15 @@ def test_int32_targets(device: str) -> None:
     x = torch.randn(9, C, dtype=torch.float64, device=device)
     target = torch.randint(0, C, (9,), device=device)
     check("cross_entropy:forward", cross_entropy(x, target.int()), F.cross_entropy(x, target))
+    # and the backward reads the int32 targets as the forward did (torch itself wants int64)
+    ours_x, ref_x = (x.detach().clone().requires_grad_(True) for _ in range(2))
+    weight = torch.rand(C, dtype=torch.float64, device=device) + 0.1
+    grad = torch.randn(9, dtype=torch.float64, device=device)
+    loss = cross_entropy(ours_x, target.int(), weight=weight, reduction="none", label_smoothing=0.1)
+    loss_ref = F.cross_entropy(ref_x, target, weight=weight, reduction="none", label_smoothing=0.1)
+    check("cross_entropy:forward", loss, loss_ref)
+    (dx,), (dx_ref,) = torch.autograd.grad(loss, ours_x, grad), torch.autograd.grad(loss_ref, ref_x, grad)
+    check("cross_entropy:grad", dx, dx_ref)
 
 
 def test_out_of_range_target_gives_nan(device: str) -> None:
