@@ -178,14 +178,18 @@ def _number(spec: ArgSpec, value: ast.Value) -> int | float:
 def _check_range(spec: ArgSpec, number: float, value: ast.Value) -> None:
     text = value.text()
     if spec.minimum is not None and number < spec.minimum:
-        bound = int(spec.minimum) if float(spec.minimum).is_integer() else spec.minimum
-        raise ArgError(f"'{spec.name}' must be at least {bound}, got {text}", value.loc)
+        raise ArgError(f"'{spec.name}' must be at least {_bound(spec.minimum)}, got {text}", value.loc)
     if spec.above is not None and number <= spec.above:
         word = "positive" if spec.above == 0 else f"above {spec.above}"
         raise ArgError(f"'{spec.name}' must be {word}, got {text}", value.loc)
     if spec.maximum is not None and number > spec.maximum:
-        raise ArgError(f"'{spec.name}' must be at most {spec.maximum:g}, got {text}", value.loc)
+        raise ArgError(f"'{spec.name}' must be at most {_bound(spec.maximum)}, got {text}", value.loc)
     if spec.below is not None and number >= spec.below:
         low = spec.minimum if spec.minimum is not None else spec.above
         span = f"in [{low:g}, {spec.below:g})" if low is not None else f"below {spec.below:g}"
         raise ArgError(f"'{spec.name}' must be {span}, got {text}", value.loc)
+
+
+def _bound(number: float) -> float | int:
+    """A range bound as the user would write it: 1, not 1.0; 4294967295, not 4.29497e+09."""
+    return int(number) if float(number).is_integer() else number

@@ -5,7 +5,8 @@ Defaults follow spec/LANGUAGE.md. Choices made where the spec is silent:
   0.1, as torch.optim.lr_scheduler.StepLR's.
 - `optimizer sgd` takes `dampening` too (torch.optim.SGD's); `nesterov=true` needs
   momentum > 0 and dampening 0, as PyTorch requires.
-- `seed` must be at least 0; `clip` and `lr` must be positive.
+- `seed` is in [0, 2**32 - 1] (the epoch order seeds torch with seed * 1000003 + epoch,
+  which must fit 64 bits); `clip` and `lr` must be positive.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ DATASETS = ("mnist", "fashion_mnist")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("cross_entropy",)
 SCHEDULES = ("none", "step", "cosine")
+MAX_SEED = 2**32 - 1
 
 _LR = "lr"
 _NONNEGATIVE = {"minimum": 0.0}
@@ -60,7 +62,8 @@ _SIMPLE: dict[str, tuple[tuple[ArgSpec, ...], Callable[[dict], dict[str, Any]]]]
               ArgSpec("label_smoothing", "float", 0.0, minimum=0.0, maximum=1.0)),
              lambda v: {"loss": v["name"], "label_smoothing": v["label_smoothing"]}),
     "clip": ((ArgSpec("clip", "float", positional=True, above=0.0),), lambda v: {"clip": v["clip"]}),
-    "seed": ((ArgSpec("seed", "int", positional=True, minimum=0),), lambda v: {"seed": v["seed"]}),
+    "seed": ((ArgSpec("seed", "int", positional=True, minimum=0, maximum=MAX_SEED),),
+             lambda v: {"seed": v["seed"]}),
 }
 SETTINGS = ("data", "batch", "epochs", "optimizer", "loss", "schedule", "clip", "seed")
 

@@ -100,7 +100,7 @@ def test_non_finite_loss_exits_1(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["no_data", "no_checkpoint", "no_file", "bad_limit", "out_is_file",
-                                  "dir_as_file", "checkpoint_is_file"])
+                                  "dir_as_file", "checkpoint_is_file", "seed_too_big"])
 def test_user_mistakes_exit_with_a_message(tmp_path: Path, case: str) -> None:
     net = tiny_net(tmp_path, data=tmp_path / "missing")
     if case == "no_data":
@@ -123,6 +123,9 @@ def test_user_mistakes_exit_with_a_message(tmp_path: Path, case: str) -> None:
     elif case == "checkpoint_is_file":
         result = netc("eval", str(net), "--checkpoint", str(net), "--device", "cpu")
         expected, code = "(it is a file, not a directory)", 1
+    elif case == "seed_too_big":  # the epoch order seeds torch with seed * 1000003 + epoch: 64 bits
+        result = netc("train", str(net), "--device", "cpu", "--seed", str(2**64))
+        expected, code = f"--seed must be between 0 and 4294967295, got {2**64}", 1
     else:
         result = netc("train", str(net), "--limit", "0")
         expected, code = "must be at least 1", 2
