@@ -19,10 +19,14 @@ CONFIGS: dict[str, tuple[type, type, dict[str, Any]]] = {
     "sgd-momentum": (*SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.1}),
     "sgd-nesterov": (*SGD, {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.01}),
     "sgd-maximize": (*SGD, {"lr": 0.01, "momentum": 0.5, "maximize": True}),
+    "sgd-nesterov-maximize": (*SGD, {"lr": 0.02, "momentum": 0.6, "nesterov": True, "weight_decay": 0.1,
+                                     "maximize": True}),
     "sgd-wd-maximize": (*SGD, {"lr": 0.1, "weight_decay": 0.2, "maximize": True}),  # decay without momentum
     "adam": (*ADAM, {"lr": 0.01}),
     "adam-wd-betas": (*ADAM, {"lr": 0.02, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.1}),
     "adam-amsgrad-max": (*ADAM, {"lr": 0.01, "amsgrad": True, "maximize": True}),
+    "adam-everything": (*ADAM, {"lr": 0.01, "betas": (0.7, 0.9), "eps": 1e-5, "weight_decay": 0.05,
+                                 "amsgrad": True, "maximize": True}),  # L2 decay under maximize and amsgrad
     "adam-zero-betas": (*ADAM, {"lr": 0.01, "betas": (0.0, 0.0)}),  # log(0): the kernel's beta^t must be 0
     "adamw": (*ADAMW, {"lr": 0.01}),
     "adamw-amsgrad": (*ADAMW, {"lr": 0.02, "weight_decay": 0.3, "amsgrad": True}),
