@@ -12,7 +12,7 @@ device) and every GPU operation the profiler sees (CUDA).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 
 from netc.dsl.ir import Graph, OptimizerConfig
 from netc.runtime.fastpath import TrainStep, make_train_step, run_epoch
+from netc.runtime.train import make_optimizer as training_optimizer
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -100,31 +101,16 @@ def _optimizer_name(optimizer: torch.optim.Optimizer) -> str:
 
 
 def make_optimizer(
-    params: object, config: OptimizerConfig, backend: str, device: torch.device
+    params: Iterable[torch.nn.Parameter], config: OptimizerConfig, backend: str, device: torch.device
 ) -> tuple[torch.optim.Optimizer, str]:
-    """(optimizer, note): netc's fused kernels for the triton backend, torch.optim for torch."""
-    kwargs = _optimizer_kwargs(config)
-    class_name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[config.name]
+    """(optimizer, note): training's optimizer, with torch.optim's fused kernels on CUDA (capturable)."""
     note = ""
     if backend == "triton":
         try:
-            import netc.kernels
-
-            return getattr(netc.kernels, class_name)(params, **kwargs), note
+            return training_optimizer(params, config, "triton"), note
         except (ImportError, AttributeError) as error:
-            note = f"netc.kernels.{class_name} unavailable ({error}); torch.optim used instead"
-    optimizer_class = getattr(torch.optim, class_name)
-    if device.type == "cuda":
-        kwargs["fused"] = True  # one launch per step, and safe to capture in a CUDA graph
-    return optimizer_class(params, **kwargs), note
-
-
-def _optimizer_kwargs(config: OptimizerConfig) -> dict[str, object]:
-    if config.name == "sgd":
-        return {"lr": config.lr, "momentum": config.momentum, "dampening": config.dampening,
-                "nesterov": config.nesterov, "weight_decay": config.weight_decay}
-    return {"lr": config.lr, "betas": tuple(config.betas), "eps": config.eps,
-            "weight_decay": config.weight_decay}
+            note = f"netc.kernels' {config.name} optimizer unavailable ({error}); torch.optim used instead"
+    return training_optimizer(params, config, "torch", fused=device.type == "cuda"), note
 
 
 def _compiled_step(

@@ -47,23 +47,33 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def make_optimizer(
-    params: Iterable[nn.Parameter], config: OptimizerConfig, backend: str
-) -> torch.optim.Optimizer:
-    """torch.optim on the torch backend, netc's Triton optimizers (same signatures) on triton."""
-    if backend == "triton":
-        from netc import kernels
+# netc.kernels and torch.optim name their optimizers alike, with the same signatures
+_OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 
-        classes = {"sgd": kernels.SGD, "adam": kernels.Adam, "adamw": kernels.AdamW}
-    else:
-        classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-    if config.name not in classes:
+
+def make_optimizer(
+    params: Iterable[nn.Parameter], config: OptimizerConfig, backend: str, fused: bool = False
+) -> torch.optim.Optimizer:
+    """netc's Triton optimizers on triton, torch.optim on torch (`fused`: torch's one-launch CUDA kernels)."""
+    if config.name not in _OPTIMIZER_CLASSES:
         raise DataError(f"unknown optimizer '{config.name}' (sgd, adam or adamw)")
+    if backend == "triton":
+        from netc import kernels as package
+    else:
+        package = torch.optim  # type: ignore[assignment]
+    kwargs = optimizer_kwargs(config)
+    if fused and backend != "triton":
+        kwargs["fused"] = True
+    return getattr(package, _OPTIMIZER_CLASSES[config.name])(params, **kwargs)
+
+
+def optimizer_kwargs(config: OptimizerConfig) -> dict[str, Any]:
+    """The constructor arguments of `config`'s optimizer, as torch.optim names them."""
     if config.name == "sgd":
-        return classes["sgd"](params, lr=config.lr, momentum=config.momentum, dampening=config.dampening,
-                              weight_decay=config.weight_decay, nesterov=config.nesterov)
-    return classes[config.name](params, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
-                                weight_decay=config.weight_decay)
+        return {"lr": config.lr, "momentum": config.momentum, "dampening": config.dampening,
+                "nesterov": config.nesterov, "weight_decay": config.weight_decay}
+    return {"lr": config.lr, "betas": tuple(config.betas), "eps": config.eps,
+            "weight_decay": config.weight_decay}
 
 
 def learning_rate(base: float, schedule: ScheduleConfig, epoch: int, step: int, total_steps: int) -> float:

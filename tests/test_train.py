@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from netc.dsl import parse
+from netc.dsl import DataError, parse
 from netc.dsl.ir import OptimizerConfig, ScheduleConfig
 from netc.runtime import checkpoint as ckpt
 from netc.runtime.data import prepare
@@ -112,6 +112,19 @@ def test_make_optimizer_uses_every_setting(backend: str) -> None:
     else:
         assert type(sgd) is torch.optim.SGD and type(adamw) is torch.optim.AdamW
     assert type(make_optimizer(params, OptimizerConfig("adam"), backend)).__name__ == "Adam"
+    dampened = make_optimizer(params, OptimizerConfig("sgd", lr=0.1, momentum=0.9, dampening=0.2), backend)
+    assert dampened.param_groups[0]["dampening"] == 0.2
+    with pytest.raises(DataError, match="unknown optimizer 'rmsprop'"):
+        make_optimizer(params, OptimizerConfig("rmsprop"), backend)
+
+
+def test_make_optimizer_fuses_torch_optim_only() -> None:
+    # bench asks for torch.optim's fused kernels on CUDA; netc's optimizers are fused already
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    fused = make_optimizer(params, OptimizerConfig("adam"), "torch", fused=True)
+    assert fused.defaults["fused"] is True
+    assert not make_optimizer(params, OptimizerConfig("adam"), "torch").defaults["fused"]
+    assert "fused" not in make_optimizer(params, OptimizerConfig("sgd"), "triton", fused=True).defaults
 
 
 # ---- the loop ----------------------------------------------------------------------------------
