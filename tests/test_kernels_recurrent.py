@@ -121,14 +121,6 @@ def _small_blocks(monkeypatch: pytest.MonkeyPatch, **changes: Any) -> None:
         monkeypatch.setattr(recurrent, name, dataclasses.replace(getattr(recurrent, name), **changes))
 
 
-@pytest.mark.parametrize("kind", list(MODULES))
-def test_per_step_fallback(kind: str, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hidden sizes above max_hidden take two launches per step; results must not change."""
-    _small_blocks(monkeypatch, max_hidden=8, step_block=(4, 16))
-    _compare(kind, (5, 7, 3, 9), 2, True, "sequence", device)  # layer 0 and 1 both fall back
-    _compare(kind, (3, 1, 4, 17), 1, False, "last", device)
-
-
 class _RefusingKernel:
     """Stands in for a persistent kernel that the GPU refuses for want of shared memory."""
 
@@ -141,6 +133,30 @@ class _RefusingKernel:
             raise recurrent.OutOfResources(300_000, 232_448, "shared memory")
 
         return launch
+
+
+class _RecordingKernel:
+    """Wraps a persistent kernel and records each launch's grid."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Any:
+        self.grids.append(grid)
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("kind", list(MODULES))
+def test_per_step_fallback(kind: str, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hidden sizes above max_hidden take two launches per step; results must not change."""
+    _small_blocks(monkeypatch, max_hidden=8, step_block=(4, 16))
+    forward, backward = _RefusingKernel(), _RefusingKernel()  # a persistent launch would be counted
+    monkeypatch.setattr(recurrent, "seq_fwd_kernel", forward)
+    monkeypatch.setattr(recurrent, "seq_bwd_kernel", backward)
+    monkeypatch.setattr(recurrent, "_PERSISTENT_TOO_BIG", set())
+    _compare(kind, (5, 7, 3, 9), 2, True, "sequence", device)  # layer 0 and 1 both fall back
+    _compare(kind, (3, 1, 4, 17), 1, False, "last", device)
+    assert (forward.launches, backward.launches) == (0, 0)  # the per-step path, never tried persistent
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -159,7 +175,12 @@ def test_falls_back_when_shared_memory_runs_out(kind: str, device: str,
 def test_batch_split_over_programs(kind: str, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """19 rows at 16 per program: two programs, the second mostly masked."""
     _small_blocks(monkeypatch, seq_block_n=16)
+    forward = _RecordingKernel(recurrent.seq_fwd_kernel)
+    backward = _RecordingKernel(recurrent.seq_bwd_kernel)
+    monkeypatch.setattr(recurrent, "seq_fwd_kernel", forward)
+    monkeypatch.setattr(recurrent, "seq_bwd_kernel", backward)
     _compare(kind, (19, 5, 3, 6), 1, True, "sequence", device)
+    assert forward.grids == backward.grids == [(2,)]  # the persistent kernels ran, over two programs
 
 
 def _gradcheck(kind: str, shape: tuple[int, int, int, int], layers: int, device: str, fast: bool) -> bool:
