@@ -34,6 +34,10 @@ def _emit_lowered(stage: str, result: CheckResult) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out `netc compile`; a NetError propagates to runtime.cli, which prints it and exits 1."""
+    if args.json and args.emit in ("plan", "triton"):
+        print(f"netc compile: error: --json prints the layer table, --emit ast or --emit ir; "
+              f"--emit {args.emit} is text only", file=sys.stderr)
+        return 2  # a usage error, as argparse's
     source = read_file(args.file)
     if args.emit == "ast":
         program = parse_program(source, args.file)

@@ -131,6 +131,13 @@ def test_emit_plan_needs_the_runtime_plan(netc, files):
         assert result.returncode == 0 and result.stdout.strip()
 
 
+@pytest.mark.parametrize("stage", ["plan", "triton"])
+def test_json_of_a_text_only_stage_is_a_usage_error(netc, files, stage):
+    result = netc("compile", "good.net", "--emit", stage, "--json", cwd=files)
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"--emit {stage} is text only" in result.stderr
+
+
 def test_warnings_go_to_stderr_and_do_not_fail(netc, files):
     (files / "warn.net").write_text(GOOD.replace("    relu\n", "    relu\n    relu\n"))
     result = netc("compile", "warn.net", cwd=files)
