@@ -1,0 +1,276 @@
+"""Kernel variants of the linear, activation, loss, pool and recurrent families -> compiled for sm_90, no GPU.
+
+`variants()` lists every distinct constexpr variant the CUDA launchers of these
+families can produce (float32 and float64), with the launchers' GPU block sizes,
+warps and stages. Run as a script with TRITON_INTERPRET=0, it compiles each with
+triton.compile(ASTSource(...)) for GPUTarget("cuda", 90, 32) (Triton ships ptxas)
+and prints one JSON line: name -> {"shared": bytes} or {"error": message}.
+That catches what the interpreter lets through: dot sides under 16, dtype
+mismatches in code only a compiler types, too much shared memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+DTYPES = ("fp32", "fp64")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One kernel compile: kernel `module.kernel`, pointer and constexpr arguments, launch options."""
+
+    name: str
+    module: str  # under netc.kernels
+    kernel: str
+    pointers: dict[str, str]  # argument -> "*fp32" etc.; other non-constexpr arguments are i32
+    constexprs: dict[str, object] = field(default_factory=dict)  # also ints the launcher sees as 1
+    warps: int = 4
+    stages: int = 3  # CUDA's default when a launcher passes no num_stages
+
+
+@contextlib.contextmanager
+def _gpu_settings() -> Iterator[None]:
+    """Make the families' launch-config functions answer as on CUDA, even under the interpreter."""
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = before
+
+
+def _ptrs(dtype: str, *names: str) -> dict[str, str]:
+    return {name: f"*{dtype}" for name in names}
+
+
+def _linear() -> list[Variant]:
+    linear = importlib.import_module("netc.kernels.linear")
+
+    cfg = dict(linear.launch_config())
+    warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+    red = dict(linear.reduce_config())
+    red_warps = red.pop("num_warps")
+    out = []
+    for dt in DTYPES:
+        gemm_ptrs = _ptrs(dt, "a_ptr", "b_ptr", "bias_ptr", "c_ptr")
+        acc = "tl.float64" if dt == "fp64" else "tl.float32"
+        # forward: bias or not x every activation; the backward GEMMs are (no bias, ACT 0)
+        cases = [(bias, act, "ieee") for bias in (False, True) for act in range(5)]
+        if dt == "fp32":  # ALLOW_TF32 on a CUDA device
+            cases += [(False, 0, "tf32"), (True, 4, "tf32")]
+        for bias, act, precision in cases:
+            consts = dict(cfg, HAS_BIAS=bias, ACT=act, SLOPE=0.01 if act == 4 else 0.0, ACC_DTYPE=acc,
+                          PRECISION=precision)
+            name = f"linear gemm {dt} bias={bias} act={act} {precision}"
+            out.append(Variant(name, "linear", "_linear_gemm_kernel", gemm_ptrs, consts, warps, stages))
+        # a contiguous forward: x (M, K) and W^T read with unit K strides, C with a unit column stride
+        unit = dict(cfg, HAS_BIAS=True, ACT=1, SLOPE=0.0, ACC_DTYPE=acc, PRECISION="ieee",
+                    stride_ak=1, stride_bk=1, stride_cn=1)
+        out.append(Variant(f"linear gemm {dt} unit strides", "linear", "_linear_gemm_kernel", gemm_ptrs, unit,
+                           warps, stages))
+        out.append(Variant(f"linear bias_grad {dt}", "linear", "_bias_grad_kernel",
+                           _ptrs(dt, "g_ptr", "out_ptr"), dict(red, ACC_DTYPE=acc), red_warps))
+    return out
+
+
+def _activation() -> list[Variant]:
+    activation = importlib.import_module("netc.kernels.activation")
+
+    cfg = dict(activation.launch_config())
+    warps = cfg.pop("num_warps")
+    out = []
+    for dt in DTYPES:
+        for act in range(1, 5):  # ACT 0 is never launched: no activation means no kernel
+            consts = dict(cfg, ACT=act, SLOPE=0.01 if act == 4 else 0.0)
+            out.append(Variant(f"activation fwd {dt} act={act}", "activation", "_activation_fwd_kernel",
+                               _ptrs(dt, "x_ptr", "y_ptr"), consts, warps))
+            out.append(Variant(f"activation bwd {dt} act={act}", "activation", "_activation_bwd_kernel",
+                               _ptrs(dt, "g_ptr", "saved_ptr", "dx_ptr"), consts, warps))
+    return out
+
+
+# cross-entropy flag sets: the default (index targets, mean), index targets with every option,
+# probability targets alone and with every option
+_LOSS_FLAGS = {
+    "default": {},
+    "weight+smoothing": {"HAS_WEIGHT": True, "SMOOTHING": 0.1},
+    "prob": {"PROB_TARGET": True},
+    "prob+weight+smoothing": {"PROB_TARGET": True, "HAS_WEIGHT": True, "SMOOTHING": 0.1},
+}
+
+
+def _loss() -> list[Variant]:
+    loss = importlib.import_module("netc.kernels.loss")
+
+    out = []
+    for dt in DTYPES:
+        ptrs = _ptrs(dt, "x_ptr", "w_ptr", "loss_ptr", "lse_ptr", "asum_ptr", "total_ptr", "g_ptr", "dx_ptr",
+                     "t_ptr")
+        # classes: 10 (MNIST, the smallest BLOCK_C), the largest BLOCK_C, C = 1 (Triton makes it constexpr);
+        # S = 1 (a 2-D input; constexpr too) except in the spatial case
+        shapes = [(10, {"S": 1}), (1000, {"S": 1}), (1, {"C": 1, "S": 1}), (10, {})]
+        for classes, ones in shapes:
+            cfg = dict(loss.launch_config(classes))
+            warps = cfg.pop("num_warps")
+            flag_sets = _LOSS_FLAGS if classes == 10 and ones else {"default": {}}
+            spatial = "" if ones else " spatial"
+            for label, flags in flag_sets.items():
+                base = {"PROB_TARGET": False, "HAS_WEIGHT": False, "SMOOTHING": 0.0, **flags, **cfg, **ones}
+                pointers = dict(ptrs, t_ptr=f"*{dt}" if base["PROB_TARGET"] else "*i64")
+                tag = f"{dt} C={classes}{spatial} {label}"
+                every = label == "default" and classes == 10 and bool(ones)  # reductions: one case is enough
+                for reduce in (True, False) if every else (True,):
+                    out.append(Variant(f"loss fwd {tag} reduce={reduce}", "loss", "_cross_entropy_fwd_kernel",
+                                       pointers, dict(base, REDUCE=reduce), warps))
+                for reduction in (0, 1, 2) if every else (2,):
+                    out.append(Variant(f"loss bwd {tag} reduction={reduction}", "loss",
+                                       "_cross_entropy_bwd_kernel", pointers, dict(base, REDUCTION=reduction),
+                                       warps))
+    return out
+
+
+def _pool() -> list[Variant]:
+    pool = importlib.import_module("netc.kernels.pool")
+
+    block, warps = pool._launch_config(1 << 20)
+    # 2x2 (the usual window) with every flag; 3x2 (odd, asymmetric) and 3x3 with unit strides and
+    # dilations (Triton makes ints equal to 1 constexpr) with the training-path flags
+    unit = {"stride_h": 1, "stride_w": 1, "dil_h": 1, "dil_w": 1}
+    windows = {"2x2": ({"KH": 2, "KW": 2}, (True, False)), "3x2": ({"KH": 3, "KW": 2}, (True,)),
+               "3x3 unit": ({"KH": 3, "KW": 3, **unit}, (True,))}
+    out = []
+    for dt in DTYPES:
+        for label, (win, flags) in windows.items():
+            common = dict(win, BLOCK=block)
+            avg_common = {k: v for k, v in common.items() if not k.startswith("dil")}  # avg takes no dilation
+            for store in flags:  # without indices (inference) the launcher passes y as idx_ptr
+                pointers = {**_ptrs(dt, "x_ptr", "y_ptr"), "idx_ptr": "*i64" if store else f"*{dt}"}
+                consts = dict(common, STORE_INDICES=store)
+                out.append(Variant(f"pool max fwd {dt} {label} indices={store}", "pool",
+                                   "_max_pool2d_fwd_kernel", pointers, consts, warps))
+            out.append(Variant(f"pool max bwd {dt} {label}", "pool", "_max_pool2d_bwd_kernel",
+                               {**_ptrs(dt, "dy_ptr", "dx_ptr"), "idx_ptr": "*i64"}, common, warps))
+            for count_pad in (not flag for flag in flags):  # False, the default, always
+                consts = dict(avg_common, COUNT_PAD=count_pad)
+                out.append(Variant(f"pool avg fwd {dt} {label} count_pad={count_pad}", "pool",
+                                   "_avg_pool2d_fwd_kernel", _ptrs(dt, "x_ptr", "y_ptr"), consts, warps))
+                out.append(Variant(f"pool avg bwd {dt} {label} count_pad={count_pad}", "pool",
+                                   "_avg_pool2d_bwd_kernel", _ptrs(dt, "dy_ptr", "dx_ptr"), consts, warps))
+    return out
+
+
+def _recurrent() -> list[Variant]:
+    recurrent = importlib.import_module("netc.kernels.recurrent")
+
+    cfg = recurrent.GPU_CONFIG
+    block_m, block_n, block_k = cfg.gemm_block
+    block_r, block_c = cfg.colsum_block
+    step_n, step_h = cfg.step_block
+    out = []
+    for dt in DTYPES:
+        for bias in (True, False):
+            consts = {"HAS_BIAS": bias, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                      "PRECISION": cfg.precision}
+            out.append(Variant(f"recurrent gemm {dt} bias={bias}", "recurrent_gemm", "_gemm_kernel",
+                               _ptrs(dt, "a_ptr", "b_ptr", "bias_ptr", "c_ptr"), consts, cfg.gemm_warps))
+        # x (N, T, F) @ W_ih^T: unit inner strides, as a contiguous input gives them
+        unit = {"HAS_BIAS": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                "PRECISION": cfg.precision, "s_ak1": 1, "s_bk1": 1, "s_bias": 1}
+        out.append(Variant(f"recurrent gemm {dt} unit strides", "recurrent_gemm", "_gemm_kernel",
+                           _ptrs(dt, "a_ptr", "b_ptr", "bias_ptr", "c_ptr"), unit, cfg.gemm_warps))
+        out.append(Variant(f"recurrent colsum {dt}", "recurrent_gemm", "_colsum_kernel",
+                           _ptrs(dt, "x_ptr", "out_ptr"), {"BLOCK_R": block_r, "BLOCK_C": block_c}, 4))
+        for cell, gates in ((0, 1), (1, 1), (2, 4), (3, 3)):  # rnn tanh, rnn relu, lstm, gru
+            consts = {"CELL": cell, "G": gates, "BLOCK_N": step_n, "BLOCK_H": step_h}
+            fwd = _ptrs(dt, "xg_ptr", "hg_ptr", "y_ptr", "gates_ptr", "c_ptr", "cn_ptr")
+            bwd = _ptrs(dt, "dy_ptr", "dh_next_ptr", "direct_ptr", "dc_in_ptr", "dc_out_ptr", "y_ptr",
+                        "gates_ptr", "c_ptr", "dgx_ptr", "dgh_ptr")
+            out.append(Variant(f"recurrent step fwd {dt} cell={cell}", "recurrent_steps", "_step_fwd_kernel",
+                               fwd, consts, cfg.step_warps))
+            out.append(Variant(f"recurrent step bwd {dt} cell={cell}", "recurrent_steps", "_step_bwd_kernel",
+                               bwd, consts, cfg.step_warps))
+    return out
+
+
+FAMILIES = {
+    "linear": _linear, "activation": _activation, "loss": _loss, "pool": _pool, "recurrent": _recurrent,
+}
+
+
+def variants() -> list[Variant]:
+    """Every variant of every family, with the CUDA launch settings."""
+    with _gpu_settings():
+        return [variant for build in FAMILIES.values() for variant in build()]
+
+
+def canaries() -> dict[str, Variant]:
+    """Launch settings no launcher uses, that prove the harness can fail: what each should show -> variant.
+
+    "error": a 4x4x4 float32 dot, which the interpreter runs but the compiler rejects (sides < 16);
+    "over": a float64 GEMM tile whose shared memory is over the 227 KiB limit.
+    """
+    small = {"BLOCK_M": 4, "BLOCK_N": 4, "BLOCK_K": 4, "GROUP_M": 8, "HAS_BIAS": False, "ACT": 0,
+             "SLOPE": 0.0, "ACC_DTYPE": "tl.float32", "PRECISION": "ieee"}
+    big = {"HAS_BIAS": True, "BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "PRECISION": "ieee"}
+    return {
+        "error": Variant("canary 4x4 dot", "linear", "_linear_gemm_kernel",
+                         _ptrs("fp32", "a_ptr", "b_ptr", "bias_ptr", "c_ptr"), small),
+        "over": Variant("canary fp64 128^3 gemm", "recurrent_gemm", "_gemm_kernel",
+                        _ptrs("fp64", "a_ptr", "b_ptr", "bias_ptr", "c_ptr"), big, 8),
+    }
+
+
+def _resolve(value: object) -> object:
+    """'tl.float32'-style strings -> the triton dtype (kept as text so listing needs no compiler)."""
+    import triton.language as tl
+
+    if isinstance(value, str) and value.startswith("tl."):
+        return getattr(tl, value[3:])
+    return value
+
+
+def compile_variant(variant: Variant, capability: int = 90) -> int:
+    """Compile one variant for a CUDA target; returns its shared memory in bytes (raises on failure)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = getattr(importlib.import_module(f"netc.kernels.{variant.module}"), variant.kernel)
+    unknown = set(variant.constexprs) - set(fn.arg_names)
+    assert not unknown, f"{variant.name}: no such arguments {sorted(unknown)}"
+    signature = {name: variant.pointers.get(name, "i32") for name in fn.arg_names}
+    signature.update({name: "constexpr" for name in variant.constexprs})
+    consts = {(fn.arg_names.index(name),): _resolve(value) for name, value in variant.constexprs.items()}
+    source = ASTSource(fn=fn, signature=signature, constexprs=consts)
+    options = {"num_warps": variant.warps, "num_stages": variant.stages}
+    compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+    return int(compiled.metadata.shared)
+
+
+def main() -> None:
+    """Compile every variant and canary (or those named on the command line); print name -> result as JSON."""
+    assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "run with TRITON_INTERPRET=0"
+    wanted = set(sys.argv[1:])
+    results: dict[str, dict[str, object]] = {}
+    for variant in [*variants(), *canaries().values()]:
+        if wanted and variant.name not in wanted:
+            continue
+        try:
+            results[variant.name] = {"shared": compile_variant(variant)}
+        except Exception as error:  # reported per variant; the test decides what fails
+            results[variant.name] = {"error": f"{type(error).__name__}: {error}"[-2000:]}
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
