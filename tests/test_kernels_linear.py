@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,6 +146,18 @@ def test_other_partial_gradients(needs: str, device: str) -> None:
     assert len(grads) == len(needs.split("+"))
     for g, g_ref in zip(grads, refs, strict=True):
         check("linear_act:partial", g, g_ref)
+
+
+def test_bias_gradient_over_several_row_steps(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bias gradient sums rows in BLOCK_R steps: more rows than one step holds, at the
+    interpreter's own block and at 16 x 16 blocks (several steps and programs, partial last ones)."""
+    x, w, b = _make((263, 5), 3, device)  # 263 rows > the interpreter's 256 per step
+    _compare(x, w, b)
+    module = importlib.import_module("netc.kernels.linear")  # the package exports the function
+    monkeypatch.setattr(module, "reduce_config", lambda: {"BLOCK_R": 16, "BLOCK_N": 16, "num_warps": 1})
+    x, w, b = _make((3, 13, 7), 21, device)  # 39 rows: three steps; 21 columns: two programs
+    _compare(x, w, b, "sigmoid", label="linear_act")
+    _compare(x, w, b, dtype=torch.float32)
 
 
 def test_rejections(device: str) -> None:
