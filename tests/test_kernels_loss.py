@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,6 +89,25 @@ def test_mean_with_every_target_ignored_is_nan_with_zero_grad(smoothing: float, 
     (dx,) = torch.autograd.grad(loss, x)
     (dx_ref,) = torch.autograd.grad(F.cross_entropy(x, target, label_smoothing=smoothing), x)
     assert torch.equal(dx, dx_ref) and torch.equal(dx, torch.zeros_like(dx))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_rows_over_several_programs(
+    kind: str, reduction: str, device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """4 rows per program: 39 rows take 10 programs (the last partial), whose partial sums and
+    weight totals must all reach the mean; every other test fits its rows in one program."""
+    module = importlib.import_module("netc.kernels.loss")
+    launch_config = module.launch_config
+    monkeypatch.setattr(module, "launch_config", lambda classes: dict(launch_config(classes), BLOCK_R=4))
+    x = torch.randn(3, C, 13, dtype=torch.float64, device=device)
+    target = _targets((3, C, 13), kind, device)
+    if kind == "index":
+        target[1, 2:6] = -100
+    weight = torch.rand(C, dtype=torch.float64, device=device) + 0.1
+    _compare(x, target, reduction=reduction, weight=weight, label_smoothing=0.15)
+    _compare(x, target, torch.float32, reduction=reduction)
 
 
 @pytest.mark.parametrize("kind", ["index", "probs"])
