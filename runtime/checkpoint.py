@@ -241,11 +241,11 @@ def load(path: str) -> Checkpoint:
     return Checkpoint(model=model, optimizer=optimizer, meta=meta, path=path)
 
 
-def check_source(checkpoint: Checkpoint, source: str, net_path: str) -> None:
-    """Refuse a checkpoint that was trained from a different `.net` source."""
+def check_source(checkpoint: Checkpoint, source: str, net_path: str,
+                 advice: str = "use the same file, or start a new run with another --out directory") -> None:
+    """Refuse a checkpoint that was trained from a different `.net` source; `advice` says what to do."""
     if checkpoint.meta["source_sha256"] != source_hash(source):
         raise DataError(
             f"the checkpoint in {checkpoint.path} was trained from a different .net source than {net_path} "
-            f"(sha256 {checkpoint.meta['source_sha256'][:12]}... vs {source_hash(source)[:12]}...); "
-            "use the same file, or start a new run with another --out directory"
+            f"(sha256 {checkpoint.meta['source_sha256'][:12]}... vs {source_hash(source)[:12]}...); {advice}"
         )

@@ -15,7 +15,9 @@ from netc.runtime.train_cmd import load_network
 def run(args: argparse.Namespace) -> int:
     graph = parse_path(args.file)
     checkpoint = ckpt.load(args.checkpoint)
-    ckpt.check_source(checkpoint, graph.source, graph.path)
+    trained_from = checkpoint.meta.get("net_path", "its meta.json holds the source")
+    ckpt.check_source(checkpoint, graph.source, graph.path,
+                      advice=f"evaluate it with the .net file it was trained from ({trained_from})")
     seed = int(checkpoint.meta.get("seed", graph.train.seed))
     net = load_network(graph, args.device, args.backend, seed)
     try:

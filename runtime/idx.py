@@ -93,7 +93,8 @@ def read_idx_dataset(directory: str, hint: str) -> dict[str, np.ndarray]:
     test_labels. `hint` says how to get the data when a file is missing.
     """
     if not os.path.isdir(directory):
-        raise DataError(f"dataset directory {directory} does not exist ({hint})")
+        what = "is a file, not a directory" if os.path.exists(directory) else "does not exist"
+        raise DataError(f"dataset directory {directory} {what} ({hint})")
     arrays: dict[str, np.ndarray] = {}
     for part, stem in IDX_FILES.items():
         path = find_idx(directory, stem)

@@ -75,6 +75,7 @@ def test_train_then_eval_lenet(tmp_path: Path) -> None:
     assert refused.returncode == 1 and "trained from a different .net source" in refused.stderr
     refused_eval = netc("eval", str(other), "--checkpoint", str(out), "--device", "cpu")
     assert refused_eval.returncode == 1 and "different .net source" in refused_eval.stderr
+    assert f"evaluate it with the .net file it was trained from ({LENET})" in refused_eval.stderr
 
 
 def test_train_and_eval_on_the_triton_backend(tmp_path: Path) -> None:

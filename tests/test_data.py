@@ -117,6 +117,9 @@ def test_dataset_directory_raw_and_gz(tmp_path: Path) -> None:
 def test_dataset_directory_problems_are_clear(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist \\(get it here\\)"):
         read_idx_dataset(str(tmp_path / "nowhere"), "get it here")
+    (tmp_path / "a_file").write_text("not a dataset")
+    with pytest.raises(DataError, match="a_file is a file, not a directory \\(get it here\\)"):
+        read_idx_dataset(str(tmp_path / "a_file"), "get it here")
     write_idx_dir(tmp_path / "d", train=9, test=4)
     os.remove(tmp_path / "d" / "t10k-labels-idx1-ubyte")
     with pytest.raises(DataError, match="has no t10k-labels-idx1-ubyte or t10k-labels-idx1-ubyte.gz"):
