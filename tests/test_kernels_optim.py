@@ -89,6 +89,25 @@ def test_steps_match_torch(config: str, dtype: torch.dtype, device: str) -> None
         _assert_same(model, ref, opt, ref_opt, dtype, CONFIGS[config][0].__name__)
 
 
+@pytest.mark.parametrize("config", ["sgd-momentum", "adam-everything", "adamw-amsgrad"])
+def test_several_programs_per_group(config: str, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 elements per program: each group's range spans several programs, the second group starts
+    mid-block and both end in a partial one (the 58 parameters otherwise fit one program)."""
+    monkeypatch.setattr(optim, "launch_config", lambda: {"BLOCK": 16, "num_warps": 1})
+    ours_cls, ref_cls, kwargs = CONFIGS[config]
+    model = _model(torch.float64, device)
+    ref = copy.deepcopy(model)
+
+    def groups(m: torch.nn.Module) -> list[dict[str, Any]]:
+        return [{"params": m[0].parameters()}, {"params": m[2].parameters(), "lr": kwargs["lr"] / 2}]
+
+    opt, ref_opt = ours_cls(groups(model), **kwargs), ref_cls(groups(ref), **kwargs)
+    inputs = _inputs(3, torch.float64, device)
+    _train(model, opt, inputs)
+    _train(ref, ref_opt, inputs)
+    _assert_same(model, ref, opt, ref_opt, torch.float64, "programs")
+
+
 @pytest.mark.parametrize("config", ["sgd-momentum", "adam", "adamw"])
 def test_lr_schedulers_take_effect(config: str, device: str) -> None:
     for make in (lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.3),
