@@ -1,4 +1,4 @@
-"""The `.net` syntax tree: frozen dataclasses, each node with the Loc where it was written."""
+"""Parsed `.net` text -> its syntax tree: frozen dataclasses, each node with the Loc where it was written."""
 
 from __future__ import annotations
 

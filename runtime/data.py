@@ -188,24 +188,31 @@ def prepare(
     if limit is not None:
         train_x, train_y = train_x[:limit], train_y[:limit]
     train_idx, val_idx = split_indices(len(train_x), config.val, seed)
-    samples = torch.from_numpy(np.ascontiguousarray(train_x)).reshape(len(train_x), *input_shape)
-    labels = torch.from_numpy(np.ascontiguousarray(train_y))
-    test_x = torch.from_numpy(np.ascontiguousarray(raw.test_x)).reshape(len(raw.test_x), *input_shape)
+    samples = _tensor(train_x).reshape(len(train_x), *input_shape)
+    labels = _tensor(train_y)
     splits = Splits(
         train_x=samples[train_idx], train_y=labels[train_idx],
         val_x=samples[val_idx], val_y=labels[val_idx],
-        test_x=test_x, test_y=torch.from_numpy(np.ascontiguousarray(raw.test_y)),
+        test_x=_tensor(raw.test_x).reshape(len(raw.test_x), *input_shape), test_y=_tensor(raw.test_y),
         classes=classes,
     )
     if config.normalize:
-        # statistics of the training part only, so validation and test stay unseen
-        splits.mean = float(splits.train_x.double().mean())
-        splits.std = float(splits.train_x.double().std()) or 1.0
-        for name in ("train_x", "val_x", "test_x"):
-            setattr(splits, name, (getattr(splits, name) - splits.mean) / splits.std)
+        _normalize(splits)
     for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
         setattr(splits, name, getattr(splits, name).contiguous().to(device))
     return splits
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _normalize(splits: Splits) -> None:
+    """Shift and scale every split by the training part's statistics, so validation and test stay unseen."""
+    splits.mean = float(splits.train_x.double().mean())
+    splits.std = float(splits.train_x.double().std()) or 1.0
+    for name in ("train_x", "val_x", "test_x"):
+        setattr(splits, name, (getattr(splits, name) - splits.mean) / splits.std)
 
 
 def epoch_order(count: int, seed: int, epoch: int, device: torch.device | str) -> torch.Tensor:
