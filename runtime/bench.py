@@ -133,15 +133,7 @@ def bench(
     batch = batch or (graph.train.batch if on_cuda else min(graph.train.batch, CPU_BATCH))
     images, labels, data_note = epoch_data(graph, device) if on_cuda else (None, None, "")
     train_count = images.shape[0] if images is not None else _split_size(graph)
-    report = Report(
-        file=graph.path, net=graph.name, device=device.type, device_name=_device_name(device),
-        batch=batch, file_batch=graph.train.batch, steps=steps, warmup=CUDA_WARMUP if on_cuda else CPU_WARMUP,
-        timer="CUDA events, median per step" if on_cuda else "host clock, median per step",
-        versions=_versions(), epoch_steps=train_count // batch,
-        # an interpreted epoch takes hours: on the CPU it is estimated from the step time
-        epoch_data=data_note or f"not run on the CPU; estimated for the {train_count} samples of the "
-        f"{graph.train.data.name} training split",
-    )
+    report = _new_report(graph, device, steps, batch, train_count, data_note)
     inputs = _rotating_batches(graph, device, batch)
     for contender in CONTENDERS:
         why_not = _skip_reason(contender, on_cuda, with_compile, only)
@@ -154,6 +146,21 @@ def bench(
         _release(device)
     report.ratios = ratios(report.results)
     return report
+
+
+def _new_report(graph: Graph, device: torch.device, steps: int, batch: int, train_count: int,
+                data_note: str) -> Report:
+    """An empty Report: the run's settings, before any contender runs."""
+    on_cuda = device.type == "cuda"
+    return Report(
+        file=graph.path, net=graph.name, device=device.type, device_name=_device_name(device),
+        batch=batch, file_batch=graph.train.batch, steps=steps, warmup=CUDA_WARMUP if on_cuda else CPU_WARMUP,
+        timer="CUDA events, median per step" if on_cuda else "host clock, median per step",
+        versions=_versions(), epoch_steps=train_count // batch,
+        # an interpreted epoch takes hours: on the CPU it is estimated from the step time
+        epoch_data=data_note or f"not run on the CPU; estimated for the {train_count} samples of the "
+        f"{graph.train.data.name} training split",
+    )
 
 
 def _run_contender(
