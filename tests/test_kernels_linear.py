@@ -160,6 +160,19 @@ def test_bias_gradient_over_several_row_steps(device: str, monkeypatch: pytest.M
     _compare(x, w, b, dtype=torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_grouped_tile_order_over_several_groups(
+    dtype: torch.dtype, device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """16 x 16 x 16 tiles in groups of 2 tile rows: 70 rows make 5 tile rows (3 groups, the last
+    one short), 67 columns 5 tile columns; the interpreter's 64-tiles never leave the first group."""
+    module = importlib.import_module("netc.kernels.linear")
+    tiles = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 1}
+    monkeypatch.setattr(module, "launch_config", lambda: dict(tiles))
+    x, w, b = _make((70, 37), 67, device)
+    _compare(x, w, b, "leaky_relu", 0.2, dtype=dtype, label="linear_act")
+
+
 def test_rejections(device: str) -> None:
     x, w, b = _make((4, 6), 3, device)
     with pytest.raises(NotImplementedError, match="gelu"):
