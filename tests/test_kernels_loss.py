@@ -119,6 +119,20 @@ def test_many_classes_and_large_logits_are_stable(kind: str, device: str) -> Non
 
 
 @pytest.mark.parametrize("kind", ["index", "probs"])
+def test_class_weights_across_class_chunks(kind: str, device: str) -> None:
+    """C = 1031 spans two class chunks with a 7-class tail: the weighted smoothing sum and the
+    weighted target term read every chunk's weights (the other weighted tests fit one chunk)."""
+    classes = 1031
+    x = torch.randn(2, classes, 3, dtype=torch.float64, device=device) * 3
+    weight = torch.rand(classes, dtype=torch.float64, device=device) + 0.1
+    target = _targets((2, classes, 3), kind, device)
+    if kind == "index":
+        target[0, 0], target[1, 1] = classes - 1, 1024  # in the tail chunk
+    _compare(x, target, weight=weight, label_smoothing=0.2)
+    _compare(x, target, weight=weight, reduction="none")
+
+
+@pytest.mark.parametrize("kind", ["index", "probs"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_float32_within_float32_tolerance(kind: str, reduction: str, device: str) -> None:
     x = torch.randn(19, C, 3, dtype=torch.float64, device=device)
