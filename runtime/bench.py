@@ -38,6 +38,7 @@ from netc.runtime.bench_contenders import (
     count_device_ops,
     count_triton_launches,
 )
+from netc.runtime.checkpoint import versions
 from netc.runtime.fastpath import StepSequence, TrainStep
 
 CUDA_STEPS, CUDA_WARMUP = 200, 25  # reduce-overhead records its graphs in the first warm-up calls
@@ -345,19 +346,14 @@ def _device_name(device: torch.device) -> str:
 
 
 def _versions() -> dict[str, str]:
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__}
+    """What a checkpoint records (python, torch, triton, ...), plus the commit being measured."""
+    found = {"triton": "absent", **versions()}
     try:
-        import triton
-
-        versions["triton"] = triton.__version__
-    except ImportError:
-        versions["triton"] = "absent"
-    try:
-        versions["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                            text=True, timeout=5, check=True).stdout.strip()
+        found["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                         text=True, timeout=5, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        versions["commit"] = "unknown"
-    return versions
+        found["commit"] = "unknown"
+    return found
 
 
 def _duration(seconds: float | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import triton
 
 from netc.runtime import bench
 from netc.runtime.bench_contenders import CONTENDERS, Contender, count_triton_launches
@@ -42,6 +44,9 @@ def test_bench_json_has_every_cpu_contender(lenet_report: dict) -> None:
     assert lenet_report["failed"] == {}
     assert lenet_report["device"] == "cpu" and lenet_report["steps"] == 2
     assert lenet_report["file_batch"] == 100 and lenet_report["batch"] == bench.CPU_BATCH
+    versions = lenet_report["versions"]  # a checkpoint's versions, plus the commit measured
+    assert versions["torch"] == torch.__version__ and versions["python"] == platform.python_version()
+    assert versions["triton"] == triton.__version__ and versions["commit"]
 
 
 def test_bench_numbers_are_consistent(lenet_report: dict) -> None:
