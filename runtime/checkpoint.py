@@ -134,6 +134,19 @@ def check_target(target: str) -> None:
         raise DataError(f"{target} exists and is not a directory; choose another --out directory")
 
 
+def check_out(target: str) -> None:
+    """Before training: `target` can take checkpoints (not the user's file or directory; writable)."""
+    target = os.path.abspath(target)
+    check_target(target)
+    parent, name = os.path.split(target)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{name}.probe-", dir=parent))
+    except OSError as error:
+        raise DataError(f"cannot write checkpoints in {parent} ({error.strerror or error}); "
+                        "choose another --out directory") from None
+
+
 def save(
     target: str,
     model_state: dict[str, torch.Tensor],

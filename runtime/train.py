@@ -168,8 +168,13 @@ class Trainer:
                 "epoch": self.state.epoch, "step": self.state.step,
                 "metrics": self.state.history[-1] if self.state.history else {}}
         name = self.meta.get("name", "net")
-        ckpt.save(self.out, self.net.state_dict(), self.optimizer.state_dict(), meta,
-                  extras=lambda directory: metrics.write_all(directory, self.state.history, name))
+        try:
+            ckpt.save(self.out, self.net.state_dict(), self.optimizer.state_dict(), meta,
+                      extras=lambda directory: metrics.write_all(directory, self.state.history, name))
+        except OSError as error:  # a full disk, a directory made read-only during the run
+            where = f" ({error.filename})" if error.filename else ""
+            raise DataError(f"cannot write the checkpoint in {self.out}: {error.strerror or error}{where}"
+                            ) from None
 
     # ---- the loop ----------------------------------------------------------------------------
 

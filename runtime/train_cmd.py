@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if checkpoint is not None:
         config = dataclasses.replace(config, seed=checkpoint.meta["seed"])
     out = args.out or args.resume or os.path.join("runs", graph.name)
-    ckpt.check_target(os.path.abspath(out))  # before any training: a bad --out would fail at epoch 1's end
+    ckpt.check_out(out)  # before any training: a bad --out would fail at epoch 1's end
     net = load_network(graph, args.device, args.backend, config.seed)
     classes = graph.output_shape[-1] if len(graph.output_shape) == 1 else -1
     if classes < 2:

@@ -155,6 +155,16 @@ def test_sigkill_during_saves_leaves_a_whole_checkpoint(tmp_path: Path, delay: f
     assert os.listdir(tmp_path) == ["run"] and ckpt.load(str(target)).meta["counter"] == counter + 1
 
 
+def test_unwritable_targets_are_refused_with_a_message(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("the user's file")
+    under_a_file = str(tmp_path / "a_file" / "run")
+    with pytest.raises(DataError, match="cannot write checkpoints in .*a_file .*choose another --out"):
+        ckpt.check_out(under_a_file)
+    assert os.listdir(tmp_path) == ["a_file"]
+    ckpt.check_out(str(tmp_path / "new" / "run"))  # a fresh place passes, and the probe leaves nothing
+    assert os.listdir(tmp_path / "new") == []
+
+
 def test_missing_and_damaged_checkpoints_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no checkpoint at .*does not exist"):
         ckpt.load(str(tmp_path / "absent"))

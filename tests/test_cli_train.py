@@ -101,7 +101,8 @@ def test_non_finite_loss_exits_1(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["no_data", "no_checkpoint", "no_file", "bad_limit", "out_is_file",
-                                  "dir_as_file", "checkpoint_is_file", "seed_too_big"])
+                                  "dir_as_file", "checkpoint_is_file", "seed_too_big",
+                                  "out_under_a_file"])
 def test_user_mistakes_exit_with_a_message(tmp_path: Path, case: str) -> None:
     net = tiny_net(tmp_path, data=tmp_path / "missing")
     if case == "no_data":
@@ -124,6 +125,11 @@ def test_user_mistakes_exit_with_a_message(tmp_path: Path, case: str) -> None:
     elif case == "checkpoint_is_file":
         result = netc("eval", str(net), "--checkpoint", str(net), "--device", "cpu")
         expected, code = "(it is a file, not a directory)", 1
+    elif case == "out_under_a_file":
+        (tmp_path / "taken").write_text("the user's file")
+        result = netc("train", str(net), "--device", "cpu", "--out", str(tmp_path / "taken" / "run"))
+        expected, code = "cannot write checkpoints in", 1
+        assert "epoch" not in result.stderr
     elif case == "seed_too_big":  # the epoch order seeds torch with seed * 1000003 + epoch: 64 bits
         result = netc("train", str(net), "--device", "cpu", "--seed", str(2**64))
         expected, code = f"--seed must be between 0 and 4294967295, got {2**64}", 1

@@ -216,6 +216,13 @@ def test_every_step_runs_at_its_scheduled_lr(dataset: str, schedule: str) -> Non
     assert len(set(seen)) == {"": 1, "schedule step every=1 gamma=0.5": 3, "schedule cosine": 15}[schedule]
 
 
+def test_an_unwritable_checkpoint_is_a_clear_error(dataset: str, tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("the user's file")  # the run's parent directory is a file
+    trainer = make_trainer(dataset, str(tmp_path / "a_file" / "run"), epochs=1)
+    with pytest.raises(DataError, match="cannot write the checkpoint in .*a_file/run: .*a_file"):
+        trainer.fit()
+
+
 def test_backends_give_the_same_losses(dataset: str) -> None:
     runs = {}
     for backend in ("torch", "triton"):
