@@ -48,7 +48,7 @@ def read_file(path: str) -> str:
         what = "is a directory, not a .net file" if os.path.isdir(path) else "does not exist"
         raise SourceFileError(f"{path} {what}", path)
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: drop the BOM some Windows editors write
             return handle.read()
     except UnicodeDecodeError as error:
         reason = f"it is not a text file (the byte at offset {error.start} is not UTF-8)"

@@ -279,6 +279,12 @@ def test_parse_path_reads_files_only(tmp_path):
     (tmp_path / "ok.net").write_text(_net(*_VECTOR, "linear 10"))
     graph = parse_path(str(tmp_path / "ok.net"))
     assert graph.path == str(tmp_path / "ok.net") and graph.output_shape == (10,)
+    (tmp_path / "bom.net").write_bytes(b"\xef\xbb\xbf" + _net(*_VECTOR, "linear 10").encode())
+    assert parse_path(str(tmp_path / "bom.net")).output_shape == (10,)  # a Windows editor's byte order mark
+    (tmp_path / "bom_error.net").write_bytes(b"\xef\xbb\xbf" + _net(*_VECTOR, "linear 0").encode())
+    with pytest.raises(NetError) as caught:
+        parse_path(str(tmp_path / "bom_error.net"))
+    assert (caught.value.line, caught.value.column) == (3, 12)  # columns count from the text, not the mark
 
 
 def test_missing_file_and_dataset_path_skip():
