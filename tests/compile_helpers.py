@@ -1,7 +1,8 @@
 """Kernel variants of the linear, activation, loss, pool and recurrent families -> compiled for sm_90, no GPU.
 
 `variants()` lists every distinct constexpr variant the CUDA launchers of these
-families can produce (float32 and float64), with the launchers' GPU block sizes,
+families can produce (float32 and float64; the persistent recurrent kernels for
+the cells their own test leaves out), with the launchers' GPU block sizes,
 warps and stages. Run as a script with TRITON_INTERPRET=0, it compiles each with
 triton.compile(ASTSource(...)) for GPUTarget("cuda", 90, 32) (Triton ships ptxas)
 and prints one JSON line: name -> {"shared": bytes} or {"error": message}.
@@ -64,8 +65,9 @@ def _linear() -> list[Variant]:
     for dt in DTYPES:
         gemm_ptrs = _ptrs(dt, "a_ptr", "b_ptr", "bias_ptr", "c_ptr")
         acc = "tl.float64" if dt == "fp64" else "tl.float32"
-        # forward: bias or not x every activation; the backward GEMMs are (no bias, ACT 0)
-        cases = [(bias, act, "ieee") for bias in (False, True) for act in range(5)]
+        # forward: every activation with bias, and neither (also the backward GEMMs); the bias and
+        # activation epilogues are separate constexpr branches, so other pairings add nothing
+        cases = [(True, act, "ieee") for act in range(5)] + [(False, 0, "ieee")]
         if dt == "fp32":  # ALLOW_TF32 on a CUDA device
             cases += [(False, 0, "tf32"), (True, 4, "tf32")]
         for bias, act, precision in cases:
@@ -143,11 +145,10 @@ def _pool() -> list[Variant]:
     pool = importlib.import_module("netc.kernels.pool")
 
     block, warps = pool._launch_config(1 << 20)
-    # 2x2 (the usual window) with every flag; 3x2 (odd, asymmetric) and 3x3 with unit strides and
-    # dilations (Triton makes ints equal to 1 constexpr) with the training-path flags
+    # 2x2 (the usual window) with every flag; an odd, asymmetric 3x2 with unit strides and dilations
+    # (Triton makes ints equal to 1 constexpr) with the training-path flags
     unit = {"stride_h": 1, "stride_w": 1, "dil_h": 1, "dil_w": 1}
-    windows = {"2x2": ({"KH": 2, "KW": 2}, (True, False)), "3x2": ({"KH": 3, "KW": 2}, (True,)),
-               "3x3 unit": ({"KH": 3, "KW": 3, **unit}, (True,))}
+    windows = {"2x2": ({"KH": 2, "KW": 2}, (True, False)), "3x2 unit": ({"KH": 3, "KW": 2, **unit}, (True,))}
     out = []
     for dt in DTYPES:
         for label, (win, flags) in windows.items():
@@ -202,8 +203,35 @@ def _recurrent() -> list[Variant]:
     return out
 
 
+def _persistent() -> list[Variant]:
+    """The gru's persistent whole-sequence kernels at max_hidden (the largest tiles), with and without
+    bias: test_kernels_recurrent.py's shared-memory test compiles the lstm's, with bias."""
+    recurrent = importlib.import_module("netc.kernels.recurrent")
+
+    cfg = recurrent.GPU_CONFIG
+    block_n, block_h, warps = recurrent._seq_blocks(cfg, 64, cfg.max_hidden)
+    out = []
+    for dt in DTYPES:
+        for cell, gates in ((3, 3),):  # the gru (the rnn's bodies are the lstm's and gru's subsets)
+            for kernel, biases in (("seq_fwd_kernel", (True, False)), ("seq_bwd_kernel", (None,))):
+                for bias in biases:
+                    consts = {"CELL": cell, "G": gates, "BLOCK_N": block_n, "BLOCK_H": block_h,
+                              "PRECISION": cfg.precision}
+                    if bias is not None:
+                        consts["HAS_BIAS"] = bias
+                    pointers = {name: f"*{dt}" for name in _SEQ_POINTERS}
+                    tag = "" if bias is None else f" bias={bias}"
+                    out.append(Variant(f"recurrent {kernel.removesuffix('_kernel')} {dt} cell={cell}{tag}",
+                                       "recurrent_cells", kernel, pointers, consts, warps, cfg.seq_stages))
+    return out
+
+
+_SEQ_POINTERS = ("xg_ptr", "w_ptr", "b_ptr", "y_ptr", "gates_ptr", "c_ptr", "cn_ptr", "dy_ptr", "dcn_ptr",
+                 "dgx_ptr", "dgh_ptr")
+
 FAMILIES = {
     "linear": _linear, "activation": _activation, "loss": _loss, "pool": _pool, "recurrent": _recurrent,
+    "persistent": _persistent,
 }
 
 

@@ -24,11 +24,17 @@ from compile_helpers import FAMILIES, canaries, variants
 SHARED_LIMIT = 227 * 1024
 
 # variant name -> why it does not compile (strict xfail: a fix makes the test fail until removed here)
-KNOWN_FAILURES: dict[str, str] = {}
+KNOWN_FAILURES: dict[str, str] = {
+    "recurrent seq_fwd fp64 cell=3 bias=False": (
+        "the gru's persistent forward without bias_hh takes 400 KiB of shared memory at H = 128 in float64 "
+        "(144 KiB with bias; 200 KiB vs 72 KiB in float32), triton 3.6 and 3.9: the launcher's "
+        "OutOfResources fallback runs it per step instead"
+    ),
+}
 
-# the modules whose launched kernels this file covers (the conv, dropout, optim and persistent
-# recurrent kernels have their own compile tests)
-MODULES = ("linear", "activation", "loss", "pool", "recurrent_gemm", "recurrent_steps")
+# the modules whose launched kernels this file covers (the conv, dropout and optim kernels have
+# their own compile tests; the persistent recurrent ones too, for the lstm with bias)
+MODULES = ("linear", "activation", "loss", "pool", "recurrent_gemm", "recurrent_steps", "recurrent_cells")
 
 VARIANTS = variants()
 ON_GPU_SUITE = pytest.mark.skipif(
@@ -86,7 +92,7 @@ def test_every_launched_kernel_is_listed_in_both_dtypes() -> None:
         for kernel in kernels:
             for dtype in ("*fp32", "*fp64"):
                 assert (module_name, kernel, dtype) in listed, f"{module_name}.{kernel} {dtype}: not listed"
-    assert set(FAMILIES) == {"linear", "activation", "loss", "pool", "recurrent"}
+    assert set(FAMILIES) == {"linear", "activation", "loss", "pool", "recurrent", "persistent"}
 
 
 def test_variants_use_the_cuda_launch_settings() -> None:
