@@ -273,6 +273,9 @@ def cross_entropy(
     if size_average is not None or reduce is not None:
         raise NotImplementedError("cross_entropy: deprecated size_average/reduce; use reduction=")
     _check_args(input, target, weight, reduction, label_smoothing)
+    if target.is_floating_point() and ignore_index != -100:
+        raise ValueError("cross_entropy: ignore_index is not supported for class-probability targets "
+                         "(as in PyTorch)")
     x, t, _, _ = _rows_view(input, target)
     mode = _REDUCTIONS[reduction]
     loss = _CrossEntropy.apply(x, t, weight, int(ignore_index), mode, float(label_smoothing))

@@ -155,14 +155,6 @@ def _gate_grads(
     if hidden > cfg.max_hidden or not _try_persistent(("bwd", cell, y.dtype, block_h, y.device), launch):
         steps_backward(dy, dc_n, w_hh, saved, (dgx, dgh), cell, cfg)
     return dgx, dgh
-    block_n, block_h, warps = _seq_blocks(cfg, batch, hidden)
-    seq_bwd_kernel[(triton.cdiv(batch, block_n),)](
-        dy, dc_n, w_hh, y, gates, cells, dgx, dgh, batch, steps, hidden,
-        w_hh.stride(0), w_hh.stride(1), dy.stride(0), dy.stride(1), dy.stride(2),
-        CELL=cell, G=_GATES[cell], BLOCK_N=block_n, BLOCK_H=block_h, PRECISION=cfg.precision,
-        num_warps=warps,
-    )
-    return dgx, dgh
 
 
 def _layer_backward(

@@ -204,6 +204,11 @@ def test_rejections(device: str) -> None:
         cross_entropy(x, torch.rand(4, C, device=device, requires_grad=True))
     with pytest.raises(NotImplementedError, match="float16"):
         cross_entropy(x.half(), target)
+    probabilities = torch.softmax(torch.randn(4, C, device=device), 1)
+    with pytest.raises(RuntimeError):  # PyTorch refuses it too
+        F.cross_entropy(x, probabilities, ignore_index=2)
+    with pytest.raises(ValueError, match="ignore_index"):
+        cross_entropy(x, probabilities, ignore_index=2)
 
 
 @pytest.mark.parametrize("kind", ["index", "probs"])
