@@ -24,13 +24,7 @@ from compile_helpers import FAMILIES, canaries, variants
 SHARED_LIMIT = 227 * 1024
 
 # variant name -> why it does not compile (strict xfail: a fix makes the test fail until removed here)
-KNOWN_FAILURES: dict[str, str] = {
-    "recurrent seq_fwd fp64 cell=3 bias=False": (
-        "the gru's persistent forward without bias_hh takes 400 KiB of shared memory at H = 128 in float64 "
-        "(144 KiB with bias; 200 KiB vs 72 KiB in float32), triton 3.6 and 3.9: the launcher's "
-        "OutOfResources fallback runs it per step instead"
-    ),
-}
+KNOWN_FAILURES: dict[str, str] = {}  # none today (the gru forward without bias needed 400 KiB once)
 
 # the modules whose launched kernels this file covers (the conv, dropout and optim kernels have
 # their own compile tests; the persistent recurrent ones too, for the lstm with bias)
