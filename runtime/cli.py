@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 import traceback
@@ -27,8 +28,17 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not 0 < value < math.inf:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    from netc.dsl.train import MAX_SEED  # the file's `seed` has the same range
+
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_SEED}, got {value}")
     return value
 
 
@@ -79,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive_int, help="override the file's epochs")
     train.add_argument("--batch", type=_positive_int, help="override the file's batch size")
     train.add_argument("--lr", type=_positive_float, help="override the optimizer's learning rate")
-    train.add_argument("--seed", type=int, help="override the file's seed")
+    train.add_argument("--seed", type=_seed, help="override the file's seed")
     _add_device(train)
     train.add_argument("--out", metavar="DIR", help="checkpoint and metrics directory (runs/NAME)")
     train.add_argument("--resume", metavar="DIR", help="continue from the checkpoint in DIR")

@@ -13,7 +13,6 @@ import torch
 from netc.dsl.check import parse_path
 from netc.dsl.errors import DataError
 from netc.dsl.ir import Graph, TrainConfig
-from netc.dsl.train import MAX_SEED
 from netc.runtime import checkpoint as ckpt
 from netc.runtime.data import Splits, prepare
 from netc.runtime.progress import Progress
@@ -23,8 +22,6 @@ from netc.runtime.train import Trainer, make_optimizer
 def apply_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
     """Command-line flags win over the file's train block."""
     changes: dict[str, Any] = {}
-    if getattr(args, "seed", None) is not None and not 0 <= args.seed <= MAX_SEED:
-        raise DataError(f"--seed must be between 0 and {MAX_SEED}, got {args.seed}")
     for name in ("epochs", "batch", "seed"):
         value = getattr(args, name, None)
         if value is not None:

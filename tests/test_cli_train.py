@@ -132,9 +132,24 @@ def test_user_mistakes_exit_with_a_message(tmp_path: Path, case: str) -> None:
         assert "epoch" not in result.stderr
     elif case == "seed_too_big":  # the epoch order seeds torch with seed * 1000003 + epoch: 64 bits
         result = netc("train", str(net), "--device", "cpu", "--seed", str(2**64))
-        expected, code = f"--seed must be between 0 and 4294967295, got {2**64}", 1
+        expected, code = f"--seed: must be between 0 and 4294967295, got {2**64}", 2
     else:
         result = netc("train", str(net), "--limit", "0")
         expected, code = "must be at least 1", 2
     assert result.returncode == code, result.stderr
     assert expected in result.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "x.net", "--lr", "inf"], ["train", "x.net", "--lr", "nan"], ["train", "x.net", "--lr", "0"],
+    ["check", "x.net", "--tol", "inf"], ["train", "x.net", "--seed", "-1"],
+    ["train", "x.net", "--seed", str(2**32)],
+])
+def test_out_of_range_flags_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused by the parser (exit 2) before any file is read: no run with an inf lr or an inf tolerance."""
+    from netc.runtime.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert f"argument {argv[2]}:" in capsys.readouterr().err
