@@ -11,8 +11,28 @@ from __future__ import annotations
 import json
 import os
 import sys
+from types import ModuleType
+from typing import Any
 
+import pytest
 import torch
+
+def record_launches(monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str) -> list[tuple[Any, ...]]:
+    """Wrap the @triton.jit kernel `module.name`: every launch still runs, and (grid, args, kwargs) is
+    appended to the returned list, so a test can count launches or compare their arguments."""
+    kernel = getattr(module, name)
+    launches: list[tuple[Any, ...]] = []
+
+    class Recording:
+        def __getitem__(self, grid: Any) -> Any:
+            def launch(*args: Any, **kwargs: Any) -> Any:
+                launches.append((grid, args, kwargs))
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(module, name, Recording())
+    return launches
+
 
 # tolerance on max|actual - expected| / max|expected| per compute dtype
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-5}

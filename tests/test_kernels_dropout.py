@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_helpers_dense import record_launches
 
 from netc.kernels.dropout import dropout, launch_config
 
@@ -131,17 +132,7 @@ def test_successive_calls_draw_new_masks_from_identical_launch_arguments(
     """What a CUDA graph would freeze (every launch argument but tensors) is the same in both
     calls, yet the masks differ: the seed comes from a device tensor, drawn on the device."""
     module = importlib.import_module("netc.kernels.dropout")  # the package exports the function
-    launches: list[tuple] = []
-    kernel = module._dropout_kernel
-
-    class Recording:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                launches.append((grid, args, kwargs))
-                return kernel[grid](*args, **kwargs)
-            return launch
-
-    monkeypatch.setattr(module, "_dropout_kernel", Recording())
+    launches = record_launches(monkeypatch, module, "_dropout_kernel")
     x = torch.randn(N, dtype=torch.float64, device=device)
     host_rng = torch.get_rng_state()
     first, second = dropout(x, 0.5) != 0, dropout(x, 0.5) != 0

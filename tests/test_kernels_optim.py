@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-from kernel_helpers_dense import check
+from kernel_helpers_dense import check, record_launches
 
 from netc.kernels import optim
 
@@ -154,15 +154,7 @@ def test_state_dict_round_trip(config: str, device: str) -> None:
 
 
 def test_one_launch_per_step(monkeypatch: pytest.MonkeyPatch, device: str) -> None:
-    launches = []
-    kernel = optim._adam_kernel
-
-    class Counting:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return kernel[grid]
-
-    monkeypatch.setattr(optim, "_adam_kernel", Counting())
+    launches = record_launches(monkeypatch, optim, "_adam_kernel")
     model, _, opt, _ = _pair("adam", torch.float32, device)
     _train(model, opt, _inputs(3, torch.float32, device))
     assert len(launches) == 3
@@ -251,17 +243,7 @@ def test_step_launches_freeze_nothing_that_changes(monkeypatch: pytest.MonkeyPat
                                                    device: str) -> None:
     """A CUDA graph replays the kernel arguments of its capture: across steps every non-tensor
     argument is identical, and the tensors sit at the same addresses (step count and lr among them)."""
-    launches = []
-    kernel = optim._adam_kernel
-
-    class Recording:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                launches.append((grid, args, kwargs))
-                return kernel[grid](*args, **kwargs)
-            return launch
-
-    monkeypatch.setattr(optim, "_adam_kernel", Recording())
+    launches = record_launches(monkeypatch, optim, "_adam_kernel")
     model, ref, opt, ref_opt = _pair(config, torch.float64, device)
     inputs = _inputs(3, torch.float64, device)
     _train(model, opt, inputs)
