@@ -7,7 +7,8 @@ contiguous. Supported dtypes: float32 and float64 (others raise
 NotImplementedError). No `tl.dot` here, so no precision choice applies.
 
 The `@triton.jit` helpers `apply_activation` and `activation_grad` are shared
-with the GEMM epilogue in `linear.py`; activation codes are the `ACT_*`
+with the GEMM epilogues in `linear.py` and `conv.py` (SLOPE may be a
+constexpr or a runtime scalar there); activation codes are the `ACT_*`
 constants below.
 """
 
@@ -60,7 +61,7 @@ def _sigmoid(x):
 
 
 @triton.jit
-def apply_activation(x, ACT: tl.constexpr, SLOPE: tl.constexpr):
+def apply_activation(x, ACT: tl.constexpr, SLOPE):
     """y = act(x) for an activation code; NaN propagates as in PyTorch."""
     if ACT == 1:  # relu: `x < 0` is False for NaN, so relu(NaN) = NaN like torch.clamp_min
         x = tl.where(x < 0, 0.0, x)
@@ -74,7 +75,7 @@ def apply_activation(x, ACT: tl.constexpr, SLOPE: tl.constexpr):
 
 
 @triton.jit
-def activation_grad(g, saved, ACT: tl.constexpr, SLOPE: tl.constexpr):
+def activation_grad(g, saved, ACT: tl.constexpr, SLOPE):
     """dL/dx from dL/dy = g, in PyTorch's formulas.
 
     `saved` is the output y for relu, tanh and sigmoid; for leaky_relu it is

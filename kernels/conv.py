@@ -22,6 +22,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from netc.kernels import config
+from netc.kernels.activation import ACTIVATIONS, activation_grad, apply_activation
 from netc.kernels.conv_geometry import Geometry, check_tensors, geometry
 
 __all__ = ["conv2d", "conv2d_act"]
@@ -31,8 +32,8 @@ ALLOW_TF32 = False
 
 Tensor = torch.Tensor
 
-# activation name -> the code the kernels branch on at compile time
-_ACTIVATIONS: dict[str | None, int] = {None: 0, "relu": 1, "tanh": 2, "sigmoid": 3, "leaky_relu": 4}
+# activation name -> the code the kernels branch on at compile time (shared with activation.py)
+_ACTIVATIONS = ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -90,20 +91,6 @@ def _mac(acc, a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _activate(z, ACT: tl.constexpr, slope):
-    """Epilogue activation; tanh via sigmoid because libdevice is unavailable in the interpreter."""
-    if ACT == 1:
-        z = tl.where(z > 0, z, 0.0)
-    elif ACT == 2:
-        z = 2.0 / (1.0 + tl.exp(-2.0 * z)) - 1.0
-    elif ACT == 3:
-        z = 1.0 / (1.0 + tl.exp(-z))
-    elif ACT == 4:
-        z = tl.where(z > 0, z, z * slope)
-    return z
-
-
-@triton.jit
 def _activation_grad(y_ptr, y_off, ok, grad, ACT: tl.constexpr, slope):
     """grad w.r.t. the activation's output -> grad w.r.t. its input, from the saved output y.
 
@@ -111,15 +98,7 @@ def _activation_grad(y_ptr, y_off, ok, grad, ACT: tl.constexpr, slope):
     tells the sign of the input only when slope >= 0.
     """
     if ACT != 0:
-        y = tl.load(y_ptr + y_off, mask=ok, other=0.0)
-        if ACT == 1:
-            grad = tl.where(y > 0, grad, 0.0)
-        elif ACT == 2:
-            grad = grad * (1.0 - y * y)
-        elif ACT == 3:
-            grad = grad * y * (1.0 - y)
-        else:
-            grad = tl.where(y > 0, grad, grad * slope)
+        grad = activation_grad(grad, tl.load(y_ptr + y_off, mask=ok, other=0.0), ACT, slope)
     return grad
 
 
@@ -175,7 +154,7 @@ def _conv2d_fwd_kernel(
     y_off = (n[:, None] * (OCG * tl.num_programs(2)) + oc[None, :]) * (OH * OW) + (oh * OW + ow)[:, None]
     if STORE_PRE:
         tl.store(pre_ptr + y_off, acc, mask=row_ok[:, None] & col_ok[None, :])
-    acc = _activate(acc, ACT, slope)
+    acc = apply_activation(acc, ACT, slope)
     tl.store(y_ptr + y_off, acc, mask=row_ok[:, None] & col_ok[None, :])
 
 

@@ -305,3 +305,18 @@ def test_kernels_compile_for_a_cuda_target() -> None:
         [sys.executable, str(helper)], env=env, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "leaky_relu"])
+def test_fused_activation_propagates_nan_like_the_unfused_one(activation: str, device: str) -> None:
+    """The epilogue uses the elementwise kernels' activation code, so a NaN stays NaN through a
+    fused relu exactly as through torch.relu (a `z > 0 ? z : 0` epilogue would turn it into 0)."""
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, device=device)
+    x[0, 1, 2, 3] = float("nan")
+    weight = torch.randn(5, 3, 3, 3, dtype=torch.float64, device=device)
+    bias = torch.randn(5, dtype=torch.float64, device=device)
+    fused = conv2d_act(x, weight, bias, activation=activation)
+    expected = getattr(F, activation)(F.conv2d(x, weight, bias))
+    assert expected.isnan().any()
+    assert torch.equal(fused.isnan(), expected.isnan())
+    torch.testing.assert_close(fused, expected, rtol=1e-12, atol=1e-12, equal_nan=True)
