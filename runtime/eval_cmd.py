@@ -7,6 +7,7 @@ import argparse
 from netc.dsl.check import parse_path
 from netc.dsl.errors import DataError
 from netc.runtime import checkpoint as ckpt
+from netc.runtime.checkpoint_schema import check_tensors
 from netc.runtime.data import prepare
 from netc.runtime.train import evaluate
 from netc.runtime.train_cmd import load_network
@@ -16,10 +17,11 @@ def run(args: argparse.Namespace) -> int:
     graph = parse_path(args.file)
     checkpoint = ckpt.load(args.checkpoint)
     trained_from = checkpoint.meta.get("net_path", "its meta.json holds the source")
-    ckpt.check_source(checkpoint, graph.source, graph.path,
+    ckpt.check_source(checkpoint, graph, graph.path,
                       advice=f"evaluate it with the .net file it was trained from ({trained_from})")
     seed = int(checkpoint.meta.get("seed", graph.train.seed))
     net = load_network(graph, args.device, args.backend, seed)
+    check_tensors(checkpoint.model, net.state_dict(), f"{args.checkpoint}/{ckpt.MODEL_FILE}", "weights")
     try:
         net.load_state_dict(checkpoint.model)
     except (RuntimeError, KeyError) as error:

@@ -6,6 +6,8 @@ import json
 import os
 from typing import Any
 
+from netc.runtime.checkpoint import strict_json  # NaN -> "NaN": every line stays standard JSON
+
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
 
@@ -15,7 +17,7 @@ def write_jsonl(directory: str, history: list[dict[str, Any]]) -> str:
     path = os.path.join(directory, METRICS_FILE)
     with open(path, "w", encoding="utf-8") as handle:
         for record in history:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.write(json.dumps(strict_json(record), sort_keys=True, allow_nan=False) + "\n")
     return path
 
 

@@ -11,6 +11,7 @@ function of (seed, epoch), so a resumed run repeats an uninterrupted one.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +24,7 @@ from torch import nn
 from netc.dsl.errors import DataError
 from netc.dsl.ir import OptimizerConfig, ScheduleConfig, TrainConfig
 from netc.runtime import checkpoint as ckpt
+from netc.runtime import checkpoint_schema as schema
 from netc.runtime import metrics
 from netc.runtime.data import Splits, batches, epoch_order, steps_per_epoch
 from netc.runtime.fastpath import TrainStep, make_train_step
@@ -103,6 +105,14 @@ def evaluate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tupl
     return float(loss_sum) / count, int(correct) / count
 
 
+def _validate_for(checkpoint: ckpt.Checkpoint, net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Every file of `checkpoint` fits this run before anything is loaded (nothing is cast silently)."""
+    path = checkpoint.path
+    schema.check_resumable(checkpoint.meta, f"{path}/{ckpt.META_FILE}")
+    schema.check_tensors(checkpoint.model, net.state_dict(), f"{path}/{ckpt.MODEL_FILE}", "weights")
+    schema.check_optimizer_state(checkpoint.optimizer, optimizer, f"{path}/{ckpt.OPTIMIZER_FILE}")
+
+
 class _InterruptFlag:
     """Ctrl-C sets a flag that the loop checks between steps; a second Ctrl-C interrupts at once."""
 
@@ -143,12 +153,14 @@ class Trainer:
         self.stop_after: int | None = None  # tests: behave as if Ctrl-C came after this global step
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self._step: TrainStep | None = None
+        self.saved_step: int | None = None  # the step of the last checkpoint in `out` (this run's or resumed)
 
     # ---- checkpoints -------------------------------------------------------------------------
 
     def restore(self, checkpoint: ckpt.Checkpoint) -> None:
         """Continue from `checkpoint`: weights, optimizer state, position, history and RNG."""
         meta = checkpoint.meta
+        _validate_for(checkpoint, self.net, self.optimizer)
         if meta["state"]["batch"] and meta["train"]["batch"] != self.config.batch:
             raise DataError(f"the checkpoint in {checkpoint.path} stopped inside an epoch with batch "
                             f"{meta['train']['batch']}; resume with --batch {meta['train']['batch']}")
@@ -160,6 +172,8 @@ class Trainer:
         self.base_lrs = list(meta["base_lrs"])
         self.state = RunState(**meta["state"])
         ckpt.set_rng_state(meta["rng"])
+        if self.out is not None and os.path.abspath(self.out) == os.path.abspath(checkpoint.path):
+            self.saved_step = self.state.step
 
     def save(self) -> None:
         if self.out is None:
@@ -171,6 +185,12 @@ class Trainer:
         try:
             ckpt.save(self.out, self.net.state_dict(), self.optimizer.state_dict(), meta,
                       extras=lambda directory: metrics.write_all(directory, self.state.history, name))
+            self.saved_step = self.state.step
+        except ckpt.NonFiniteWeights as error:  # the loss was finite, but the last update was not
+            raise Diverged(f"the weights became NaN or infinite in epoch {self.state.epoch + 1} "
+                           f"(step {self.state.step}), so no checkpoint was written ({error.message})"
+                           f"{self._kept()}; try a lower learning rate (--lr) or gradient clipping (clip X)"
+                           ) from None
         except OSError as error:  # a full disk, a directory made read-only during the run
             where = f" ({error.filename})" if error.filename else ""
             raise DataError(f"cannot write the checkpoint in {self.out}: {error.strerror or error}{where}"
@@ -193,9 +213,15 @@ class Trainer:
         # the device) or goes eager when torch.optim's would re-capture every step
         return make_train_step(self.net, self.optimizer, loss_fn, example, clip=self.config.clip)
 
+    def _kept(self) -> str:
+        """Where the last checkpoint this run wrote is (every one is finite: `ckpt.save` checks)."""
+        if self.out is None or self.saved_step is None:
+            return ""
+        return f"; the last good checkpoint (step {self.saved_step}) is in {self.out}"
+
     def _check(self, total: float, epoch: int) -> None:
         if not math.isfinite(total):
-            kept = f"; the last good checkpoint is in {self.out}" if self.out and self.state.epoch else ""
+            kept = self._kept()
             raise Diverged(f"the training loss became {total} in epoch {epoch + 1} "
                            f"(step {self.state.step}){kept}; "
                            "try a lower learning rate (--lr) or gradient clipping (clip X)")

@@ -45,7 +45,8 @@ def run_meta(graph: Graph, config: TrainConfig, net: Any, limit: int | None) -> 
     """The fixed part of every checkpoint's meta.json for this run."""
     return {
         "name": graph.name, "net_path": graph.path, "source": graph.source,
-        "source_sha256": ckpt.source_hash(graph.source), "seed": config.seed,
+        "source_sha256": ckpt.source_hash(graph.source),
+        "program_sha256": ckpt.program_hash(graph), "seed": config.seed,
         "backend": net.backend, "device": str(net.device), "limit": limit,
         "train": json_safe(dataclasses.asdict(config)),
     }
@@ -74,7 +75,7 @@ def _resume_checkpoint(args: argparse.Namespace, graph: Graph) -> ckpt.Checkpoin
     if not args.resume:
         return None
     checkpoint = ckpt.load(args.resume)
-    ckpt.check_source(checkpoint, graph.source, graph.path)
+    ckpt.check_source(checkpoint, graph, graph.path)
     if args.seed is not None and args.seed != checkpoint.meta["seed"]:
         raise DataError(f"the checkpoint in {args.resume} was trained with seed {checkpoint.meta['seed']}, "
                         f"not {args.seed}; drop --seed to resume it")
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if checkpoint is not None:
         config = dataclasses.replace(config, seed=checkpoint.meta["seed"])
     out = args.out or args.resume or os.path.join("runs", graph.name)
-    ckpt.check_out(out)  # before any training: a bad --out would fail at epoch 1's end
+    ckpt.check_out(out, graph)  # before any training: a bad --out would fail at epoch 1's end
     net = load_network(graph, args.device, args.backend, config.seed)
     classes = graph.output_shape[-1] if len(graph.output_shape) == 1 else -1
     if classes < 2:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from netc.dsl import parse
 from netc.dsl.errors import DataError
 from netc.runtime import checkpoint as ckpt
 
@@ -38,10 +39,10 @@ def _trained_pair() -> tuple[nn.Module, torch.optim.Optimizer]:
 
 def test_round_trip_restores_weights_optimizer_and_meta(tmp_path: Path) -> None:
     model, optimizer = _trained_pair()
-    meta = _meta(epoch=3, history=[1.5])
+    meta = _meta(epoch=3, metrics={"train_loss": 1.5})
     ckpt.save(str(tmp_path / "run"), model.state_dict(), optimizer.state_dict(), meta)
     loaded = ckpt.load(str(tmp_path / "run"))
-    assert loaded.meta["epoch"] == 3 and loaded.meta["history"] == [1.5]
+    assert loaded.meta["epoch"] == 3 and loaded.meta["metrics"] == {"train_loss": 1.5}
     assert loaded.meta["versions"]["torch"] == torch.__version__
     for name, value in model.state_dict().items():
         assert torch.equal(loaded.model[name], value)
@@ -75,16 +76,16 @@ def test_rng_state_round_trips() -> None:
     assert torch.equal(torch.rand(4), expected)
 
 
-def _save_counter(target: Path, value: float) -> None:
-    weights = {"w": torch.full((8,), value)}
-    ckpt.save(str(target), weights, {"state": {}, "param_groups": []}, _meta(counter=value))
+def _save_counter(target: Path, value: int) -> None:
+    weights = {"w": torch.full((8,), float(value))}
+    ckpt.save(str(target), weights, {"state": {}, "param_groups": []}, _meta(step=value))
 
 
 def test_failure_while_writing_keeps_the_previous_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / "run"
-    _save_counter(target, 1.0)
+    _save_counter(target, 1)
     real_save_file = ckpt.save_file
 
     def dies_on_optimizer(tensors: dict[str, torch.Tensor], path: str) -> None:
@@ -96,15 +97,15 @@ def test_failure_while_writing_keeps_the_previous_checkpoint(
 
     monkeypatch.setattr(ckpt, "save_file", dies_on_optimizer)
     with pytest.raises(KeyboardInterrupt):
-        _save_counter(target, 2.0)
+        _save_counter(target, 2)
     loaded = ckpt.load(str(target))
-    assert loaded.meta["counter"] == 1.0 and torch.equal(loaded.model["w"], torch.full((8,), 1.0))
+    assert loaded.meta["step"] == 1 and torch.equal(loaded.model["w"], torch.full((8,), 1.0))
     assert os.listdir(tmp_path) == ["run"]  # the half-written staging directory is gone
 
 
 def test_crash_between_the_renames_is_recovered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "run"
-    _save_counter(target, 1.0)
+    _save_counter(target, 1)
     real_rename = os.rename
     calls: list[str] = []
 
@@ -116,22 +117,22 @@ def test_crash_between_the_renames_is_recovered(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(ckpt.os, "rename", dies_on_second)
     with pytest.raises(OSError, match="power cut"):
-        _save_counter(target, 2.0)
+        _save_counter(target, 2)
     monkeypatch.setattr(ckpt.os, "rename", real_rename)
     assert not target.exists()
-    assert ckpt.load(str(target)).meta["counter"] == 1.0
+    assert ckpt.load(str(target)).meta["step"] == 1
     assert target.is_dir()
 
 
 _SAVER = textwrap.dedent("""
     import sys, torch
     from netc.runtime import checkpoint as ckpt
-    target, counter = sys.argv[1], 0.0
+    target, counter = sys.argv[1], 0
     source = "net tiny {}"
     while True:
         counter += 1
-        weights = {"w": torch.full((400_000,), counter)}  # 1.6 MB, so a save takes a while
-        meta = {"source": source, "source_sha256": ckpt.source_hash(source), "counter": counter}
+        weights = {"w": torch.full((400_000,), float(counter))}  # 1.6 MB, so a save takes a while
+        meta = {"source": source, "source_sha256": ckpt.source_hash(source), "step": counter}
         ckpt.save(target, weights, {"state": {}, "param_groups": []}, meta)
         print(counter, flush=True)
 """)
@@ -149,10 +150,10 @@ def test_sigkill_during_saves_leaves_a_whole_checkpoint(tmp_path: Path, delay: f
         process.send_signal(signal.SIGKILL)
         process.wait()
     loaded = ckpt.load(str(target))
-    counter = loaded.meta["counter"]
-    assert counter >= 1 and torch.equal(loaded.model["w"], torch.full((400_000,), counter))
+    counter = loaded.meta["step"]
+    assert counter >= 1 and torch.equal(loaded.model["w"], torch.full((400_000,), float(counter)))
     _save_counter(target, counter + 1)  # the next save clears what the killed one left behind
-    assert os.listdir(tmp_path) == ["run"] and ckpt.load(str(target)).meta["counter"] == counter + 1
+    assert os.listdir(tmp_path) == ["run"] and ckpt.load(str(target)).meta["step"] == counter + 1
 
 
 def test_unwritable_targets_are_refused_with_a_message(tmp_path: Path) -> None:
@@ -196,13 +197,14 @@ def test_missing_and_damaged_checkpoints_are_refused(tmp_path: Path) -> None:
         ckpt.load(str(target))
 
 
-def test_a_different_source_is_refused(tmp_path: Path) -> None:
+def test_a_checkpoint_without_a_program_hash_is_compared_by_its_source(tmp_path: Path) -> None:
     model, optimizer = _trained_pair()
-    ckpt.save(str(tmp_path), model.state_dict(), optimizer.state_dict(), _meta())
+    valid = "net tiny {\n    input [784]\n    linear 10\n}\n"
+    ckpt.save(str(tmp_path), model.state_dict(), optimizer.state_dict(), _meta(valid))  # no program_sha256
     loaded = ckpt.load(str(tmp_path))
-    ckpt.check_source(loaded, SOURCE, "tiny.net")  # the same text passes
-    with pytest.raises(DataError, match="trained from a different .net source than other.net"):
-        ckpt.check_source(loaded, SOURCE.replace("linear 2", "linear 3"), "other.net")
+    ckpt.check_source(loaded, parse(valid), "tiny.net")  # the same text passes
+    with pytest.raises(DataError, match="different .net source \\(compared byte for byte\\) than other.net"):
+        ckpt.check_source(loaded, parse(valid.replace("linear 10", "linear 10  # edited")), "other.net")
 
 
 def test_never_replaces_a_directory_that_is_not_a_checkpoint(tmp_path: Path) -> None:

@@ -72,9 +72,9 @@ def test_train_then_eval_lenet(tmp_path: Path) -> None:
     other = tmp_path / "other.net"
     other.write_text(LENET.read_text().replace("linear 50", "linear 40"))
     refused = netc("train", str(other), "--resume", str(out), "--device", "cpu")
-    assert refused.returncode == 1 and "trained from a different .net source" in refused.stderr
+    assert refused.returncode == 1 and "trained from a different .net program" in refused.stderr
     refused_eval = netc("eval", str(other), "--checkpoint", str(out), "--device", "cpu")
-    assert refused_eval.returncode == 1 and "different .net source" in refused_eval.stderr
+    assert refused_eval.returncode == 1 and "different .net program" in refused_eval.stderr
     assert f"evaluate it with the .net file it was trained from ({LENET})" in refused_eval.stderr
 
 
