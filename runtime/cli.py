@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         module = importlib.import_module(_COMMANDS[args.command])
-        return int(module.run(args) or 0)
+        status = int(module.run(args) or 0)
+        sys.stdout.flush()  # a full disk shows here, where it can be reported, not at exit
+        return status
     except NetError as error:
         if args.debug:
             traceback.print_exc()
@@ -155,6 +157,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as error:  # writing the output or a file failed (`> /dev/full`, a full disk)
+        if args.debug:
+            traceback.print_exc()
+        return _write_failed(error)
+
+
+def _write_failed(error: OSError) -> int:
+    """Report a failed write as one line and exit 1; stdout goes to /dev/null so exit does not retry."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    where = f"cannot write {error.filename}" if error.filename else "cannot write the output"
+    try:
+        print(f"error: {where}: {error.strerror or error}", file=sys.stderr)
+    except OSError:
+        pass  # stderr is full too: the exit status still says it
+    return 1
 
 
 if __name__ == "__main__":

@@ -109,11 +109,34 @@ def load_mnist() -> RawData:
         raise DataError(f"{path} does not hold MNIST's three (images, labels) pairs; {MNIST_HINT}") from None
     train_x, train_y, valid_x, valid_y, test_x, test_y = arrays
     return RawData(
-        train_x=np.concatenate([train_x, valid_x]).astype(np.float32, copy=False),
-        train_y=np.concatenate([train_y, valid_y]).astype(np.int64),
-        test_x=test_x.astype(np.float32, copy=False),
-        test_y=test_y.astype(np.int64),
+        train_x=_samples(np.concatenate([train_x, valid_x]), f"{path} (training images)"),
+        train_y=_labels(np.concatenate([train_y, valid_y]), f"{path} (training labels)"),
+        test_x=_samples(test_x, f"{path} (test images)"),
+        test_y=_labels(test_y, f"{path} (test labels)"),
     )
+
+
+def _samples(values: np.ndarray, where: str) -> np.ndarray:
+    """Images as float32 (uint8 pixels scaled to [0, 1]); NaN or infinite values are refused."""
+    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
+        raise DataError(f"{where}: holds {values.dtype} values, not numbers")
+    scaled = _scale(values)
+    if values.dtype.kind == "f" and not np.isfinite(scaled).all():
+        first = int(np.argwhere(~np.isfinite(scaled.reshape(len(scaled), -1)))[0][0])
+        raise DataError(f"{where}: sample {first} holds NaN or infinite values; the file is damaged")
+    return scaled
+
+
+def _labels(values: np.ndarray, where: str) -> np.ndarray:
+    """Class labels as int64; a NaN, infinite or fractional label is refused (a cast would garble it)."""
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise DataError(f"{where}: label {first} is {values[first]!r}; labels must be whole class numbers")
+    elif values.dtype.kind not in "iu":
+        raise DataError(f"{where}: holds {values.dtype} values, not class numbers")
+    return values.astype(np.int64)
 
 
 def _scale(images: np.ndarray) -> np.ndarray:
@@ -127,10 +150,10 @@ def load_idx_dir(directory: str, hint: str) -> RawData:
     """A directory of the four standard IDX files -> RawData."""
     arrays = read_idx_dataset(directory, hint)
     return RawData(
-        train_x=_scale(arrays["train_images"]),
-        train_y=arrays["train_labels"].astype(np.int64),
-        test_x=_scale(arrays["test_images"]),
-        test_y=arrays["test_labels"].astype(np.int64),
+        train_x=_samples(arrays["train_images"], f"{directory} (training images)"),
+        train_y=_labels(arrays["train_labels"], f"{directory} (training labels)"),
+        test_x=_samples(arrays["test_images"], f"{directory} (test images)"),
+        test_y=_labels(arrays["test_labels"], f"{directory} (test labels)"),
     )
 
 
@@ -146,6 +169,10 @@ def load_raw(config: DataConfig) -> RawData:
 
 
 def _fit_to_net(raw: RawData, input_shape: tuple[int, ...], classes: int, where: str) -> None:
+    if len(raw.train_x) == 0 or len(raw.test_x) == 0:
+        split = "training" if len(raw.train_x) == 0 else "test"
+        raise DataError(f"{where} has no {split} samples; netc needs both training and test samples "
+                        "(a dataset directory needs all four IDX files, none of them empty)")
     sample = int(np.prod(raw.train_x.shape[1:]))
     wanted = math.prod(input_shape)
     if sample != wanted:

@@ -9,9 +9,12 @@ download is reported as a DataError instead of a reshape traceback.
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import os
 import struct
 import zlib
+from typing import BinaryIO
 
 import numpy as np
 
@@ -27,6 +30,9 @@ _TYPES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 
+MAX_IDX_BYTES = 2**31  # the data of one IDX file (MNIST's largest holds 47 MB): 2 GiB
+_CHUNK = 1 << 24  # bytes read (and inflated) at a time
+
 # the four files of a dataset directory: part -> the file name without .gz
 IDX_FILES: dict[str, str] = {
     "train_images": "train-images-idx3-ubyte",
@@ -36,45 +42,65 @@ IDX_FILES: dict[str, str] = {
 }
 
 
-def _read_bytes(path: str) -> bytes:
-    """The decompressed contents of `path` (gzip when it ends in .gz)."""
+def parse_idx(blob: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode one IDX file's bytes; `name` only labels the error messages."""
+    return _read_stream(io.BytesIO(blob), name)
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read and decode the IDX file at `path` (raw or .gz), streaming: memory stays within its declared size.
+
+    A gzip that inflates to more than its header declares is refused after one byte too many,
+    so a small file that would inflate to gigabytes never does.
+    """
     try:
         if path.endswith(".gz"):
             with gzip.open(path, "rb") as handle:
-                return handle.read()
+                return _read_stream(handle, path)
         with open(path, "rb") as handle:
-            return handle.read()
+            return _read_stream(handle, path)
     except (OSError, EOFError, zlib.error) as error:
         # gzip raises EOFError on a truncated stream, BadGzipFile (an OSError) on garbage
         raise DataError(f"cannot read {path}: {error} (the file is damaged; download it again)") from None
 
 
-def parse_idx(blob: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode one IDX file's bytes; `name` only labels the error messages."""
-    if len(blob) < 4:
-        raise DataError(f"{name}: not an IDX file (only {len(blob)} bytes)")
-    zero, type_code, ndim = struct.unpack(">HBB", blob[:4])
+def _read_exactly(handle: BinaryIO, count: int) -> bytearray:
+    """Up to `count` bytes (fewer only at the end of the stream), read in chunks: no larger buffer."""
+    buffer = bytearray()
+    while len(buffer) < count:
+        chunk = handle.read(min(_CHUNK, count - len(buffer)))
+        if not chunk:
+            break
+        buffer += chunk
+    return buffer
+
+
+def _read_stream(handle: BinaryIO, name: str) -> np.ndarray:
+    """Header first, then exactly the bytes it declares (checked against MAX_IDX_BYTES), then nothing."""
+    head = _read_exactly(handle, 4)
+    if len(head) < 4:
+        raise DataError(f"{name}: not an IDX file (only {len(head)} bytes)")
+    zero, type_code, ndim = struct.unpack(">HBB", head)
     if zero != 0 or type_code not in _TYPES or ndim == 0:
-        raise DataError(f"{name}: not an IDX file (bad magic number 0x{blob[:4].hex()})")
-    header_end = 4 + 4 * ndim
-    if len(blob) < header_end:
-        raise DataError(f"{name}: truncated IDX header ({len(blob)} bytes)")
-    dims = struct.unpack(f">{ndim}I", blob[4:header_end])
+        raise DataError(f"{name}: not an IDX file (bad magic number 0x{bytes(head).hex()})")
+    dims_bytes = _read_exactly(handle, 4 * ndim)
+    if len(dims_bytes) < 4 * ndim:
+        raise DataError(f"{name}: truncated IDX header ({4 + len(dims_bytes)} bytes)")
+    dims = struct.unpack(f">{ndim}I", dims_bytes)
     dtype = _TYPES[type_code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    body = len(blob) - header_end
-    if body != expected:
-        what = "truncated" if body < expected else "has trailing bytes"
-        raise DataError(
-            f"{name}: {what}: dimensions {list(dims)} need {expected} bytes of data, found {body}"
-        )
-    values = np.frombuffer(blob, dtype=dtype, offset=header_end).reshape(dims)
+    expected = math.prod(dims) * dtype.itemsize
+    if expected > MAX_IDX_BYTES:
+        raise DataError(f"{name}: its header declares dimensions {list(dims)}, {expected:,} bytes of data; "
+                        f"netc reads IDX files of at most {MAX_IDX_BYTES:,} bytes")
+    body = _read_exactly(handle, expected)
+    if len(body) < expected:
+        raise DataError(f"{name}: truncated: dimensions {list(dims)} need {expected} bytes of data, "
+                        f"found {len(body)}")
+    if handle.read(1):
+        raise DataError(f"{name}: has trailing bytes: dimensions {list(dims)} need {expected} bytes of data, "
+                        "and more follow")
+    values = np.frombuffer(body, dtype=dtype).reshape(dims)
     return values.astype(dtype.newbyteorder("="), copy=False)
-
-
-def read_idx(path: str) -> np.ndarray:
-    """Read and decode the IDX file at `path` (raw or .gz)."""
-    return parse_idx(_read_bytes(path), name=path)
 
 
 def find_idx(directory: str, stem: str) -> str | None:

@@ -251,3 +251,64 @@ def test_epoch_order_and_batches() -> None:
     assert all(torch.equal(x[:, 0].long(), y) for x, y in got)
     resumed = list(batches(images, labels, 10, first, start=1))
     assert torch.equal(torch.cat([y for _, y in resumed]), first[10:])
+
+
+# ---- hostile files: bombs, NaNs, empty splits ----------------------------------------------------
+
+def test_a_gzip_that_inflates_past_its_header_stops_after_one_byte(tmp_path: Path) -> None:
+    import tracemalloc
+    import zlib
+
+    header = b"\x00\x00\x08\x01\x00\x00\x00\x03"  # 3 bytes of data declared
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # a gzip stream
+    zeros = bytes(1 << 20)
+    bomb = compressor.compress(header + b"abc")
+    bomb += b"".join(compressor.compress(zeros) for _ in range(256)) + compressor.flush()  # 256 MiB inflated
+    assert len(bomb) < 1 << 20
+    (tmp_path / "bomb.gz").write_bytes(bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="bomb.gz: has trailing bytes: dimensions \\[3\\] need 3 bytes"):
+            read_idx(str(tmp_path / "bomb.gz"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # the 256 MiB were never inflated
+
+
+def test_a_header_declaring_gigabytes_is_refused_before_reading(tmp_path: Path) -> None:
+    header = b"\x00\x00\x08\x03" + (60000).to_bytes(4, "big") + (28000).to_bytes(4, "big") * 2
+    (tmp_path / "huge").write_bytes(header + bytes(100))
+    with pytest.raises(DataError, match="declares dimensions \\[60000, 28000, 28000\\], 47,040,000,000,000 "
+                       "bytes of data; netc reads IDX files of at most 2,147,483,648 bytes"):
+        read_idx(str(tmp_path / "huge"))
+
+
+def _replace(directory: Path, name: str, values: np.ndarray) -> None:
+    (directory / name).write_bytes(encode_idx(values))
+
+
+@pytest.mark.parametrize(("name", "values", "message"), [
+    ("train-images-idx3-ubyte", np.array([[[0.5, np.nan]]] * 3, np.float32),
+     "training images\\): sample 0 holds NaN or infinite values"),
+    ("t10k-images-idx3-ubyte", np.array([[[0.5, 1.0]], [[np.inf, 0.0]]], np.float64),
+     "test images\\): sample 1 holds NaN or infinite values"),
+    ("train-labels-idx1-ubyte", np.array([0, np.nan, 1], np.float32),
+     "training labels\\): label 1 is .*nan.*; labels must be whole class numbers"),
+    ("t10k-labels-idx1-ubyte", np.array([0.5, 1], np.float64), "test labels\\): label 0 is .*0.5"),
+])
+def test_nan_images_and_labels_are_named(tmp_path: Path, name: str, values: np.ndarray, message: str) -> None:
+    write_idx_dir(tmp_path, train=3, test=2, side=1)
+    arrays = {"train-images-idx3-ubyte": np.zeros((3, 1, 2), np.float32),
+              "t10k-images-idx3-ubyte": np.zeros((2, 1, 2), np.float32), name: values}
+    for file, array in arrays.items():
+        _replace(tmp_path, file, array)
+    with pytest.raises(DataError, match=message):
+        prepare(DataConfig(path=str(tmp_path)), (2,), 4, seed=0, device="cpu")
+
+
+@pytest.mark.parametrize(("train", "test", "split"), [(0, 4, "training"), (5, 0, "test")])
+def test_an_empty_training_or_test_set_is_refused(tmp_path: Path, train: int, test: int, split: str) -> None:
+    write_idx_dir(tmp_path, train=train, test=test)
+    with pytest.raises(DataError, match=f"has no {split} samples; netc needs both training and test samples"):
+        prepare(DataConfig(path=str(tmp_path)), (25,), 4, seed=0, device="cpu")
