@@ -133,7 +133,8 @@ def _labels(values: np.ndarray, where: str) -> np.ndarray:
         bad = ~np.isfinite(values) | (values != np.round(values))
         if bad.any():
             first = int(np.argmax(bad))
-            raise DataError(f"{where}: label {first} is {values[first]!r}; labels must be whole class numbers")
+            raise DataError(f"{where}: label {first} is {values[first]!r}; labels must be whole class "
+                            "numbers")
     elif values.dtype.kind not in "iu":
         raise DataError(f"{where}: holds {values.dtype} values, not class numbers")
     return values.astype(np.int64)
