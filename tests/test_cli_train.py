@@ -159,6 +159,7 @@ def test_out_of_range_flags_are_usage_errors(argv: list[str], capsys: pytest.Cap
 def test_a_full_output_device_is_a_clear_error() -> None:
     with open("/dev/full", "w") as full:
         command = [sys.executable, "-m", "netc.runtime.cli", "compile", str(LENET)]
-        result = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)
+        result = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                timeout=120)
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip() == "error: cannot write the output: No space left on device"
