@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_SHOWN_ERRORS = 50  # diagnostics rendered per NetError; the rest are counted
+MAX_QUOTED = 120  # characters of a source line quoted under a message; longer ones are cut around the caret
+
 
 @dataclass(frozen=True)
 class Loc:
@@ -28,9 +31,15 @@ class Diagnostic:
         if not self.source_line:
             return head
         raw = self.source_line.rstrip("\n")
-        line = raw.expandtabs(4)
+        column = max(self.loc.column - 1, 0)
+        prefix = ""
+        if len(raw) > MAX_QUOTED:  # a window around the caret, so a long line is never repeated whole
+            start = max(0, min(column - MAX_QUOTED // 2, len(raw) - MAX_QUOTED))
+            prefix, suffix = ("..." if start else ""), ("..." if start + MAX_QUOTED < len(raw) else "")
+            raw, column = raw[start:start + MAX_QUOTED] + suffix, column - start
+        line = prefix + raw.expandtabs(4)
         # the line as written (tabs expanded), the caret under the column's character
-        caret = " " * len(raw[: max(self.loc.column - 1, 0)].expandtabs(4)) + "^"
+        caret = " " * (len(prefix) + len(raw[:column].expandtabs(4))) + "^"
         return f"{head}\n{line}\n{caret}"
 
 
@@ -55,7 +64,11 @@ class NetError(Exception):
         super().__init__(self.render())
 
     def render(self) -> str:
-        return "\n".join(d.render() for d in self.diagnostics)
+        shown = "\n".join(d.render() for d in self.diagnostics[:MAX_SHOWN_ERRORS])
+        hidden = len(self.diagnostics) - MAX_SHOWN_ERRORS
+        if hidden > 0:
+            shown += f"\n... and {hidden} more error{'s' * (hidden > 1)} (fix the first ones, then run again)"
+        return shown
 
     def __str__(self) -> str:
         return self.render()

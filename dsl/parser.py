@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
+import hashlib
+import os
+import re
 from pathlib import Path
 
 import lark
@@ -13,6 +15,9 @@ from netc.dsl import ast
 from netc.dsl.errors import Diagnostic, Loc, NetError
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
+MAX_NESTING = 32  # blocks, tuples and shapes inside each other (deeper would exhaust Python's stack)
+_BRACKETS = re.compile(r'"[^"\n]*"|#[^\n]*|[{}()\[\]]')  # strings and comments match whole, then skip
+MAX_SYNTAX_ERRORS = 20  # syntax errors reported per file; the rest are likely consequences
 
 # Every terminal, in words, for "expected ..." and "unexpected ..." messages.
 _WORDS: dict[str, str] = {
@@ -31,26 +36,88 @@ _ORDER = ["NAME", "INPUT", "REPEAT", "RESIDUAL", "NET", "TRAIN", "INT", "FLOAT",
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> lark.Lark:
-    # strict mode checks the terminals for collisions, which needs interegular; without it the
-    # grammar is the same (the tests build it strict), only the build-time check is skipped.
-    strict = importlib.util.find_spec("interegular") is not None
+    # Strict mode only adds build-time checks (terminal collisions, conflicts): the grammar test
+    # builds it strict, so the command line skips them.
+    grammar = _GRAMMAR.read_text()
     # The basic lexer keeps reserved words reserved everywhere (a contextual one would let
-    # `net` pass as a layer name inside a net).
-    return lark.Lark(_GRAMMAR.read_text(), parser="lalr", lexer="basic", strict=strict,
-                     propagate_positions=True)
+    # `net` pass as a layer name inside a net). Building the LALR tables takes ~0.6 s: Lark
+    # keeps them in a cache file (keyed by the grammar and options), rebuilt when missing or stale.
+    return lark.Lark(grammar, parser="lalr", lexer="basic", propagate_positions=True,
+                     cache=_cache_file(grammar))
+
+
+def _cache_file(grammar: str) -> str | bool:
+    """A private file for Lark's parser tables in the user's cache directory, or False (no cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    directory = os.path.join(base, "netc")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.stat(directory)
+        # Lark's cache is a pickle: read it only from a directory nobody else can write to
+        if info.st_uid != os.getuid() or info.st_mode & 0o022:
+            return False
+    except (OSError, AttributeError):  # read-only home, no getuid (Windows): parse without a cache
+        return False
+    key = hashlib.sha256(f"{grammar}\0{lark.__version__}".encode()).hexdigest()[:16]
+    return os.path.join(directory, f"grammar-{key}.lark-cache")
 
 
 def parse_program(source: str, path: str = "<string>") -> ast.Program:
-    """Parse source text into a Program; a syntax error raises NetError (the first one only)."""
+    """Parse source text into a Program; syntax errors raise NetError with every one found, in order."""
     text = source if source.endswith("\n") else source + "\n"
-    try:
-        tree = _parser().parse(text)
-    except lark.exceptions.UnexpectedInput as error:
-        raise NetError(_syntax_diagnostic(error, text, path)) from None
+    _check_nesting(text, path)
+    tree = _parse_tree(text, path)
     try:
         return _ToAst(path, source).transform(tree)
     except lark.exceptions.VisitError as error:  # Lark wraps what a transformer raises: unwrap it
         raise error.orig_exc from None
+
+
+def _parse_tree(text: str, path: str) -> lark.Tree:
+    """The syntax tree, or NetError with every syntax error found.
+
+    After an error, its line is blanked and the text parsed again, so each later line gets
+    its own message; this stops at MAX_SYNTAX_ERRORS, at an error that blanking cannot get
+    past (an unclosed block, a line with a brace), or when an error comes no later than the last.
+    """
+    found: list[Diagnostic] = []
+    lines = text.split("\n")
+    while True:
+        try:
+            tree = _parser().parse("\n".join(lines))
+        except lark.exceptions.UnexpectedInput as error:
+            diagnostic = _syntax_diagnostic(error, "\n".join(lines), path)
+            if found and diagnostic.loc.line <= found[-1].loc.line:
+                break  # no progress: what follows is a consequence of an earlier mistake
+            found.append(diagnostic)
+            line = error.line if isinstance(error.line, int) and 0 < error.line <= len(lines) else 0
+            if not line or line != diagnostic.loc.line or len(found) >= MAX_SYNTAX_ERRORS:
+                break
+            if "{" in lines[line - 1] or "}" in lines[line - 1]:
+                break  # blanking it would unbalance the blocks
+            lines[line - 1] = ""
+            continue
+        if not found:
+            return tree
+        break
+    raise NetError(found)
+
+
+def _check_nesting(text: str, path: str) -> None:
+    """NetError at the first `{`, `(` or `[` nested deeper than MAX_NESTING (strings, comments skipped)."""
+    depth = 0
+    for match in _BRACKETS.finditer(text):
+        char = match.group()
+        if char in "{([":
+            depth += 1
+            if depth > MAX_NESTING:
+                start = text.rfind("\n", 0, match.start()) + 1
+                end = text.find("\n", match.start())
+                loc = Loc(path, text.count("\n", 0, match.start()) + 1, match.start() - start + 1)
+                message = f"nesting too deep: more than {MAX_NESTING} blocks, tuples or shapes in each other"
+                raise NetError(Diagnostic("error", message, loc, text[start:end]))
+        elif char in "})]":
+            depth = max(depth - 1, 0)
 
 
 class _ToAst(Transformer):

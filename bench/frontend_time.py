@@ -1,0 +1,56 @@
+"""`netc compile FILE` in fresh processes -> its wall and CPU time, with and without the parser-table cache.
+
+Usage: python bench/frontend_time.py [FILE] [--runs N]   (FILE: examples/lenet.net)
+
+The target (issue 14) is under 100 ms wall for examples/lenet.net from a cold
+process. Wall time depends on how busy the machine is, so the CPU time (user +
+system, from the children's rusage) is printed next to it. "first run" uses an
+empty cache directory: it pays for building the LALR tables once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _one_run(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one `netc compile` in a new process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("file", nargs="?", default="examples/lenet.net")
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+    command = [sys.executable, "-m", "netc.runtime.cli", "compile", args.file]
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "XDG_CACHE_HOME": cache}
+        first = _one_run(command, env)
+        runs = [_one_run(command, env) for _ in range(args.runs)]
+    baseline = [_one_run([sys.executable, "-c", "pass"], dict(os.environ)) for _ in range(args.runs)]
+    print(f"netc compile {args.file}: {args.runs} fresh processes, load average {os.getloadavg()[0]:.2f}")
+    print(f"  first run (empty cache): wall {first[0] * 1000:6.1f} ms   cpu {first[1] * 1000:6.1f} ms")
+    for label, samples in (("cached tables", runs), ("python -c pass", baseline)):
+        walls, cpus = [s[0] * 1000 for s in samples], [s[1] * 1000 for s in samples]
+        print(f"  {label:>23}: wall min {min(walls):6.1f} ms, median {statistics.median(walls):6.1f} ms   "
+              f"cpu min {min(cpus):6.1f} ms, median {statistics.median(cpus):6.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
