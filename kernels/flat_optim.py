@@ -1,22 +1,34 @@
-"""Flat-buffer optimizer base: parameters, grads and state -> views into flat buffers, one launch per group.
+"""Flat-buffer optimizer base: parameters and state -> views into flat buffers; .grad read where it lies.
 
 At construction every trainable parameter is copied into one flat buffer and
-its `.data` becomes a view into it; `.grad` becomes a view into one flat
-gradient buffer (autograd accumulates into an existing `.grad` in place), and
-the state (momentum_buffer, exp_avg, exp_avg_sq, max_exp_avg_sq) lives in
-flat buffers too. `self.state` holds views with torch.optim's key names, so
-state_dict()/load_state_dict(), LR schedulers and clip_grad_norm_ work.
-Subclasses (kernels/optim.py) launch one fused kernel per parameter group.
+its `.data` becomes a view into it; the state (momentum_buffer, exp_avg,
+exp_avg_sq, max_exp_avg_sq) lives in flat buffers too, and Adam's step
+counts in one float32 device vector. `self.state` holds views with
+torch.optim's key names, so state_dict()/load_state_dict() and LR schedulers
+work. Subclasses (kernels/optim.py) launch one fused kernel per parameter
+group (per SEGMENTS parameters of a group).
 
-Each group's lr is also kept in a float64 device tensor that the kernels
-read, refreshed by `push_lr` (a fill when it changed; no host sync), so a
-captured CUDA graph follows a scheduler's lr without re-capture.
+Gradients are written, never accumulated: `zero_grad()` sets `.grad` to None
+(as torch does), so autograd's AccumulateGrad hands each parameter the
+gradient tensor its backward made (no copy, no add, no zeroing), and the
+kernels read each `.grad` where it lies: a launch takes up to SEGMENTS
+gradient pointers and a (segments, 2) int64 table of (flat offset, numel),
+program (b, s) updating block b of parameter s. Under a CUDA graph the
+gradients come from the graph's pool, at the same addresses every replay.
 
-By design, unlike torch.optim: `zero_grad` zeroes the flat gradient and never
-sets None, so a parameter absent from a backward gets a zero-gradient update;
-a `.grad` that is None at `step` raises NotImplementedError (torch skips it).
-requires_grad=False parameters are left out. All trainable parameters share
-one device and dtype (float32 or float64).
+Each group's lr is kept in a float64 device tensor that the kernels read,
+refreshed by `push_lr` (a fill when it changed; no host sync), so a captured
+CUDA graph follows a scheduler's lr without re-capture.
+
+`clip_grad_norm_(max_norm)` is torch.nn.utils.clip_grad_norm_ in one launch:
+each program writes the sum of squares of its gradient block, and the next
+`step()` folds min(1, max_norm / (norm + 1e-6)) into its update (each
+program sums the partials itself), so the .grad tensors keep their values.
+
+Unlike torch.optim: a `.grad` that is None at `step` raises
+NotImplementedError (torch skips it); requires_grad=False parameters are
+left out; all trainable parameters share one device and dtype (float32 or
+float64). No `tl.dot` here.
 """
 
 from __future__ import annotations
@@ -24,9 +36,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
+import triton
+import triton.language as tl
 
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
+SEGMENTS = 8  # gradient pointers per launch (a group with more parameters takes more launches)
 
 
 def _capturing() -> bool:
@@ -34,8 +50,67 @@ def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
+@triton.jit
+def pick_grad(s, g0, g1, g2, g3, g4, g5, g6, g7):
+    """The gradient pointer of segment s (a runtime index) among the launch's SEGMENTS pointers."""
+    g = g0
+    if s == 1:
+        g = g1
+    if s == 2:
+        g = g2
+    if s == 3:
+        g = g3
+    if s == 4:
+        g = g4
+    if s == 5:
+        g = g5
+    if s == 6:
+        g = g6
+    if s == 7:
+        g = g7
+    return g
+
+
+@triton.jit
+def segment_block(seg_ptr, seg_base, BLOCK: tl.constexpr):
+    """(flat offsets, offsets in the parameter, mask) of program (b, s): block b of segment s."""
+    row = seg_base + tl.program_id(1)
+    offset = tl.load(seg_ptr + 2 * row)  # the parameter's start in the flat buffers
+    numel = tl.load(seg_ptr + 2 * row + 1)
+    local = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = local < numel
+    return offset + local, local, mask
+
+
+@triton.jit
+def clip_scale(part_ptr, n_parts, max_hi, max_lo, DTYPE: tl.constexpr, PART_BLOCK: tl.constexpr):
+    """min(1, max_norm / (sqrt(sum of the partial sums of squares) + 1e-6)), as torch's clip_grad_norm_."""
+    total = tl.zeros((PART_BLOCK,), dtype=DTYPE)
+    for begin in range(0, n_parts, PART_BLOCK):
+        index = begin + tl.arange(0, PART_BLOCK)
+        total += tl.load(part_ptr + index, mask=index < n_parts, other=0.0)
+    norm = tl.sqrt(tl.sum(total, axis=0))
+    max_norm = tl.cast(max_hi, DTYPE) + tl.cast(max_lo, DTYPE)  # float32 (hi, lo): float64 keeps ~1e-15
+    return tl.minimum(max_norm / (norm + 1e-6), 1.0)
+
+
+@triton.jit
+def _grad_sumsq_kernel(
+    g0, g1, g2, g3, g4, g5, g6, g7,  # gradient of each segment (unused ones: any pointer)
+    seg_ptr,  # (parameters, 2) int64: each parameter's (flat offset, numel)
+    seg_base,  # this launch's first row of the table
+    part_ptr,  # partial sums of squares, one per program: (launches' programs,) in the grads' dtype
+    part_base,  # this launch's first partial
+    BLOCK: tl.constexpr,  # elements per program
+):
+    _, local, mask = segment_block(seg_ptr, seg_base, BLOCK)
+    g = tl.load(pick_grad(tl.program_id(1), g0, g1, g2, g3, g4, g5, g6, g7) + local, mask=mask, other=0.0)
+    index = part_base + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    tl.store(part_ptr + index, tl.sum(g * g, axis=0))  # every program writes: no zeroing needed
+
+
 class FlatOptimizer(torch.optim.Optimizer):
-    """A torch.optim.Optimizer whose parameters, grads and state are views into flat buffers."""
+    """A torch.optim.Optimizer whose parameters and state are views into flat buffers."""
 
     _STATE_KEYS: tuple[str, ...] = ()  # per-parameter state held in flat buffers
 
@@ -44,7 +119,7 @@ class FlatOptimizer(torch.optim.Optimizer):
         self._flatten()
 
     def _flatten(self) -> None:
-        """Copy trainable parameters (and grads) into flat buffers; point .data/.grad at views."""
+        """Copy trainable parameters into a flat buffer; point .data at views; build the segment table."""
         trainable = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
         if not trainable:
             raise ValueError(f"{type(self).__name__}: no parameter requires a gradient")
@@ -56,30 +131,30 @@ class FlatOptimizer(torch.optim.Optimizer):
                     f"{type(self).__name__}: parameters must share one device and dtype (float32/float64); "
                     f"got {first.dtype} on {first.device} and {p.dtype} on {p.device}"
                 )
-        total = sum(p.numel() for p in trainable)
         # each group's lr, read by the kernels; push_lr() refreshes it from param_groups
         self._lr = torch.zeros(len(self.param_groups), dtype=torch.float64, device=first.device)
         self._lr_pushed: list[float | None] = [None] * len(self.param_groups)
+        total = sum(p.numel() for p in trainable)
         self._flat_param = torch.empty(total, dtype=first.dtype, device=first.device)
-        self._flat_grad = torch.zeros(total, dtype=first.dtype, device=first.device)
         self._flat_state: dict[str, torch.Tensor] = {}
         self._slots: list[tuple[torch.Tensor, int, int]] = []  # (param, offset, numel)
-        self._ranges: list[tuple[int, int]] = []  # per group: [start, end) in the flat buffers
+        self._chunks: list[list[tuple[int, int]]] = []  # per group: (first slot, slots) of each launch
         offset = 0
         for group in self.param_groups:
-            start = offset
-            for p in group["params"]:
-                if p.requires_grad:
-                    self._slots.append((p, offset, p.numel()))
-                    offset += p.numel()
-            self._ranges.append((start, offset))
+            params = [p for p in group["params"] if p.requires_grad]
+            first_slot = len(self._slots)
+            for p in params:
+                self._slots.append((p, offset, p.numel()))
+                offset += p.numel()
+            self._chunks.append([(begin, min(SEGMENTS, len(self._slots) - begin))
+                                 for begin in range(first_slot, len(self._slots), SEGMENTS)])
+        table = [[slot_offset, numel] for _, slot_offset, numel in self._slots]
+        self._segments = torch.tensor(table, dtype=torch.int64).to(first.device)  # (slots, 2)
+        self._clip_pending: tuple[torch.Tensor, float] | None = None
         with torch.no_grad():
-            for p, offset, numel in self._slots:
-                self._flat_param[offset : offset + numel].copy_(p.reshape(-1))
-                if p.grad is not None:
-                    self._flat_grad[offset : offset + numel].copy_(p.grad.reshape(-1))
-                p.data = self._flat_param[offset : offset + numel].view_as(p)
-                p.grad = self._flat_grad[offset : offset + numel].view_as(p)
+            for p, slot_offset, numel in self._slots:
+                self._flat_param[slot_offset : slot_offset + numel].copy_(p.reshape(-1))
+                p.data = self._flat_param[slot_offset : slot_offset + numel].view_as(p)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's, while constructing; afterwards the flat buffers are fixed, so it is refused."""
@@ -93,40 +168,38 @@ class FlatOptimizer(torch.optim.Optimizer):
             self._flat_state[key] = torch.zeros_like(self._flat_param)
         return self._flat_state[key]
 
-    def _sync_views(self) -> None:
-        """Re-adopt a .data or .grad that user code replaced (e.g. model.zero_grad() then backward)."""
-        for index, (p, offset, numel) in enumerate(self._slots):
+    def _sync_data(self) -> None:
+        """Re-adopt a .data that user code replaced (load_state_dict of the module keeps views)."""
+        for p, offset, numel in self._slots:
             flat = self._flat_param[offset : offset + numel]
             if p.data_ptr() != flat.data_ptr():
                 flat.copy_(p.detach().reshape(-1))
                 p.data = flat.view_as(p)
-            if p.grad is None:
-                raise NotImplementedError(
-                    f"{type(self).__name__}: parameter {index} {tuple(p.shape)} has no gradient (None); "
-                    "the flat-buffer step cannot skip single parameters"
-                )
-            if p.grad.is_sparse:
-                raise NotImplementedError(f"{type(self).__name__}: sparse gradients")
-            flat_grad = self._flat_grad[offset : offset + numel]
-            if p.grad.data_ptr() != flat_grad.data_ptr():
-                flat_grad.copy_(p.grad.reshape(-1))
-                p.grad = flat_grad.view_as(p)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero the flat gradient buffer; grads stay views into it whatever `set_to_none` says."""
-        self._flat_grad.zero_()
-        for p, offset, numel in self._slots:
-            view = self._flat_grad[offset : offset + numel]
-            if p.grad is None or p.grad.data_ptr() != view.data_ptr():
-                p.grad = view.view_as(p)
+    def _grad(self, index: int) -> torch.Tensor:
+        """Slot `index`'s gradient as the kernels read it: contiguous, the parameter's dtype."""
+        p = self._slots[index][0]
+        if p.grad is None:
+            raise NotImplementedError(
+                f"{type(self).__name__}: parameter {index} {tuple(p.shape)} has no gradient (None); "
+                "the flat-buffer step cannot skip single parameters"
+            )
+        if p.grad.is_sparse:
+            raise NotImplementedError(f"{type(self).__name__}: sparse gradients")
+        if not p.grad.is_contiguous() or p.grad.dtype != p.dtype or p.grad.device != p.device:
+            p.grad = p.grad.to(p.device, p.dtype).contiguous()  # rare (a hand-set .grad): one copy
+        return p.grad
 
-    def _group_slots(self, group_index: int) -> list[tuple[torch.Tensor, int, int]]:
-        start, end = self._ranges[group_index]
-        return [slot for slot in self._slots if start <= slot[1] < end]
+    def _chunk_args(self, first: int, count: int) -> tuple[list[torch.Tensor], int]:
+        """The launch's SEGMENTS gradient pointers (padding repeats the first) and its blocks per segment."""
+        grads = [self._grad(index) for index in range(first, first + count)]
+        grads += [grads[0]] * (SEGMENTS - count)
+        longest = max(numel for _, _, numel in self._slots[first : first + count])
+        return grads, longest
 
-    def _expose_state(self, group_index: int, keys: Iterable[str]) -> None:
-        """Point each parameter's state[key] at its slice of the flat buffer."""
-        for p, offset, numel in self._group_slots(group_index):
+    def _expose_state(self, slots: list[tuple[torch.Tensor, int, int]], keys: Iterable[str]) -> None:
+        """Point each slot's state[key] at its slice of the flat buffer."""
+        for p, offset, numel in slots:
             state = self.state[p]
             for key in keys:
                 state[key] = self._buffer(key)[offset : offset + numel].view_as(p)
@@ -161,21 +234,56 @@ class FlatOptimizer(torch.optim.Optimizer):
                 self._lr_pushed[index] = lr
 
     @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float) -> None:
+        """Make the next `step()` use the gradients scaled to a global 2-norm of at most `max_norm`.
+
+        torch.nn.utils.clip_grad_norm_ over this optimizer's parameters, in one
+        launch now (the partial sums of squares) plus nothing: `step()` applies
+        the scale. Call it after backward, right before `step()`; the .grad
+        tensors keep their unscaled values, and no norm is returned (reading it
+        would sync with the host).
+        """
+        from netc.kernels.optim import launch_config
+
+        cfg = launch_config()
+        launches = [(first, count, *self._chunk_args(first, count))
+                    for chunks in self._chunks for first, count in chunks]
+        grids = [(triton.cdiv(longest, cfg["BLOCK"]), count) for _, count, _, longest in launches]
+        partials = torch.empty(sum(blocks * count for blocks, count in grids),
+                               dtype=self._flat_param.dtype, device=self._flat_param.device)
+        base = 0
+        for (first, _, grads, _), grid in zip(launches, grids, strict=True):
+            _grad_sumsq_kernel[grid](*grads, self._segments, first, partials, base, BLOCK=cfg["BLOCK"],
+                                     num_warps=cfg["num_warps"])
+            base += grid[0] * grid[1]
+        self._clip_pending = (partials, float(max_norm))
+
+    def _take_clip(self) -> tuple[torch.Tensor, int, float, float]:
+        """(partials, count, max_norm hi, lo) for a step's kernels, and forget them; count 0: no clipping."""
+        pending, self._clip_pending = self._clip_pending, None
+        if pending is None:
+            return self._flat_param, 0, 0.0, 0.0
+        hi = float(np.float32(pending[1]))
+        return pending[0], pending[0].numel(), hi, float(np.float32(pending[1] - hi))
+
+    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter: one kernel launch per parameter group."""
+        """One update of every parameter: one kernel launch per parameter group (per SEGMENTS parameters)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         if not _capturing():
             self.push_lr()
-        self._sync_views()
+        self._sync_data()
+        clip = self._take_clip()
         for group_index, group in enumerate(self.param_groups):
-            start, end = self._ranges[group_index]
-            if end > start:
-                self._update(group_index, group, start, end)
+            for first, count in self._chunks[group_index]:
+                grads, longest = self._chunk_args(first, count)
+                self._update(group_index, group, first, count, grads, longest, clip)
         return loss
 
-    def _update(self, group_index: int, group: dict[str, Any], start: int, end: int) -> None:
-        """Launch the group's fused update on the flat range [start, end)."""
+    def _update(self, group_index: int, group: dict[str, Any], first: int, count: int,
+                grads: list[torch.Tensor], longest: int, clip: tuple[torch.Tensor, int, float, float]) -> None:
+        """Launch the fused update of slots [first, first + count) of the group (see optim.py)."""
         raise NotImplementedError

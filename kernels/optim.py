@@ -26,20 +26,20 @@ import triton
 import triton.language as tl
 
 from netc.kernels import config
-from netc.kernels.flat_optim import FlatOptimizer, Params
+from netc.kernels.flat_optim import SEGMENTS, FlatOptimizer, Params, clip_scale, pick_grad, segment_block
 
 
 def launch_config() -> dict[str, int]:
     """Elements per program and warps: few large programs under the interpreter."""
     if config.interpreting():
-        return {"BLOCK": 16384, "num_warps": 1}
-    return {"BLOCK": 1024, "num_warps": 4}
+        return {"BLOCK": 16384, "PART_BLOCK": 1024, "num_warps": 1}
+    return {"BLOCK": 1024, "PART_BLOCK": 256, "num_warps": 4}
 
 
-def _grid(start: int, end: int) -> tuple[tuple[int], dict[str, int]]:
-    """Programs over the flat range [start, end), and the launch options."""
+def _grid(longest: int, segments: int) -> tuple[tuple[int, int], dict[str, int]]:
+    """Programs (blocks of the longest segment, segments), and the launch options."""
     cfg = launch_config()
-    return (triton.cdiv(end - start, cfg["BLOCK"]),), cfg
+    return (triton.cdiv(longest, cfg["BLOCK"]), segments), cfg
 
 
 def _log_beta(beta: float) -> float:
@@ -71,25 +71,39 @@ def _div(num, den, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _load_grad(g0, g1, g2, g3, g4, g5, g6, g7, local, mask, part_ptr, n_parts, max_hi, max_lo,
+               DTYPE: tl.constexpr, MAXIMIZE: tl.constexpr, CLIP: tl.constexpr, PART_BLOCK: tl.constexpr):
+    """This program's gradient block, clipped (scaled by the global-norm factor) and negated as asked."""
+    g = tl.load(pick_grad(tl.program_id(1), g0, g1, g2, g3, g4, g5, g6, g7) + local, mask=mask, other=0.0)
+    if CLIP:
+        g = g * clip_scale(part_ptr, n_parts, max_hi, max_lo, DTYPE, PART_BLOCK)
+    if MAXIMIZE:
+        g = -g
+    return g
+
+
+@triton.jit
 def _sgd_kernel(
-    p_ptr, g_ptr, buf_ptr,  # flat parameters, gradients, momentum buffers
+    p_ptr,  # flat parameters
+    g0, g1, g2, g3, g4, g5, g6, g7,  # each segment's gradient, where autograd left it
+    seg_ptr, seg_base,  # (parameters, 2) int64 (flat offset, numel) table and this launch's first row
+    buf_ptr,  # flat momentum buffers
     lr_ptr,  # () float64 learning rate (a device value: see push_lr)
-    start, end,  # this group's element range [start, end)
+    part_ptr, n_parts, max_hi, max_lo,  # clipping: partial sums of squares, their count, max norm
     wd_hi, wd_lo,  # weight decay
     mom_hi, mom_lo,  # momentum
     keep_hi, keep_lo,  # 1 - dampening
     HAS_WD: tl.constexpr, MOMENTUM: tl.constexpr,  # weight_decay != 0, momentum != 0
     FIRST: tl.constexpr,  # first step: the buffer starts as the gradient, undamped
     NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr,
+    CLIP: tl.constexpr, PART_BLOCK: tl.constexpr,  # scale by the clip factor; partials per loop step
     BLOCK: tl.constexpr,  # elements per program
 ):
     DTYPE: tl.constexpr = p_ptr.dtype.element_ty
-    offsets = start + tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < end
+    offsets, local, mask = segment_block(seg_ptr, seg_base, BLOCK)
     p = tl.load(p_ptr + offsets, mask=mask, other=0.0)
-    g = tl.load(g_ptr + offsets, mask=mask, other=0.0)
-    if MAXIMIZE:
-        g = -g
+    g = _load_grad(g0, g1, g2, g3, g4, g5, g6, g7, local, mask, part_ptr, n_parts, max_hi, max_lo,
+                   DTYPE, MAXIMIZE, CLIP, PART_BLOCK)
     if HAS_WD:
         g = g + _scalar(wd_hi, wd_lo, DTYPE) * p
     if MOMENTUM:
@@ -108,23 +122,41 @@ def _sgd_kernel(
 
 
 @triton.jit
-def _bias_corrections(step_ptr, lr, log_b1_hi, log_b1_lo, log_b2_hi, log_b2_lo):
+def _bias_corrections(t, lr, log_b1_hi, log_b1_lo, log_b2_hi, log_b2_lo):
     """(lr / (1 - beta1^t), sqrt(1 - beta2^t)) in float64, as torch's Python doubles, from the device t.
 
     The cancellation in 1 - exp(x) costs ~1e-13 relative (beta2 = 0.999, t = 1), torch's own rounding.
     """
-    t = tl.load(step_ptr).to(tl.float64)
     bc1 = 1.0 - tl.exp(t * _scalar(log_b1_hi, log_b1_lo, tl.float64))
     bc2 = 1.0 - tl.exp(t * _scalar(log_b2_hi, log_b2_lo, tl.float64))
     return lr / bc1, tl.sqrt(bc2)
 
 
 @triton.jit
+def _advance_steps(steps_ptr, seg_base, ticket_ptr, t, SEGS: tl.constexpr):
+    """The last program to finish writes t into the launch's step counts and resets the ticket.
+
+    Every program read the old t before its acq_rel ticket, so the write cannot race a read;
+    the next launch (stream order) finds the ticket at 0 again.
+    """
+    ticket = tl.atomic_add(ticket_ptr, 1)
+    last = ticket == tl.num_programs(0) * tl.num_programs(1) - 1
+    if last:
+        rows = tl.arange(0, SEGS)
+        tl.store(steps_ptr + seg_base + rows, t.to(tl.float32), mask=rows < tl.num_programs(1))
+        tl.store(ticket_ptr, 0)
+
+
+@triton.jit
 def _adam_kernel(
-    p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr,  # flat params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq
-    step_ptr,  # () float32: the step count t, already advanced for this step
+    p_ptr,  # flat parameters
+    g0, g1, g2, g3, g4, g5, g6, g7,  # each segment's gradient, where autograd left it
+    seg_ptr, seg_base,  # (parameters, 2) int64 (flat offset, numel) table and this launch's first row
+    m_ptr, v_ptr, vmax_ptr,  # flat exp_avg, exp_avg_sq, max_exp_avg_sq
+    steps_ptr,  # (parameters,) float32 step counts t; this launch reads row seg_base and writes t + 1
+    ticket_ptr,  # () int32, 0 between launches: programs finished so far
     lr_ptr,  # () float64 learning rate (a device value: see push_lr)
-    start, end,  # this group's element range [start, end)
+    part_ptr, n_parts, max_hi, max_lo,  # clipping: partial sums of squares, their count, max norm
     log_b1_hi, log_b1_lo,  # log(beta1), the bias corrections' base
     log_b2_hi, log_b2_lo,  # log(beta2)
     eps_hi, eps_lo,  # eps
@@ -133,17 +165,18 @@ def _adam_kernel(
     b2c_hi, b2c_lo,  # 1 - beta2
     wd_hi, wd_lo,  # weight decay (Adam: L2 added to the gradient; AdamW: p *= 1 - lr * wd)
     HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
+    CLIP: tl.constexpr, PART_BLOCK: tl.constexpr,  # scale by the clip factor; partials per loop step
+    SEGS: tl.constexpr,  # SEGMENTS: the most step counts one launch writes
     BLOCK: tl.constexpr,  # elements per program
 ):
     DTYPE: tl.constexpr = p_ptr.dtype.element_ty
     lr = tl.load(lr_ptr)  # float64
-    step_size, bc2_sqrt = _bias_corrections(step_ptr, lr, log_b1_hi, log_b1_lo, log_b2_hi, log_b2_lo)
-    offsets = start + tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < end
+    t = tl.load(steps_ptr + seg_base).to(tl.float64) + 1.0  # this step's t
+    step_size, bc2_sqrt = _bias_corrections(t, lr, log_b1_hi, log_b1_lo, log_b2_hi, log_b2_lo)
+    offsets, local, mask = segment_block(seg_ptr, seg_base, BLOCK)
     p = tl.load(p_ptr + offsets, mask=mask, other=0.0)
-    g = tl.load(g_ptr + offsets, mask=mask, other=0.0)
-    if MAXIMIZE:
-        g = -g
+    g = _load_grad(g0, g1, g2, g3, g4, g5, g6, g7, local, mask, part_ptr, n_parts, max_hi, max_lo,
+                   DTYPE, MAXIMIZE, CLIP, PART_BLOCK)
     if HAS_WD:
         if DECOUPLED:
             p = p * (1.0 - lr * _scalar(wd_hi, wd_lo, tl.float64)).to(DTYPE)  # torch's double, rounded
@@ -161,6 +194,7 @@ def _adam_kernel(
     denom = _sqrt_div(v, bc2_sqrt.to(DTYPE), DTYPE) + _scalar(eps_hi, eps_lo, DTYPE)
     p = p - step_size.to(DTYPE) * _div(m, denom, DTYPE)
     tl.store(p_ptr + offsets, p, mask=mask)
+    _advance_steps(steps_ptr, seg_base, ticket_ptr, t, SEGS)
 
 
 class SGD(FlatOptimizer):
@@ -180,21 +214,20 @@ class SGD(FlatOptimizer):
                     "nesterov": nesterov, "maximize": maximize}
         super().__init__(params, defaults)
 
-    def _update(self, group_index: int, group: dict[str, Any], start: int, end: int) -> None:
+    def _update(self, group_index: int, group: dict[str, Any], first: int, count: int,
+                grads: list[torch.Tensor], longest: int, clip: tuple[torch.Tensor, int, float, float]) -> None:
         momentum = group["momentum"]
-        first_param = self._group_slots(group_index)[0][0]
-        first = momentum != 0 and self.state[first_param].get("momentum_buffer") is None
+        starting = momentum != 0 and self.state[self._slots[first][0]].get("momentum_buffer") is None
         buffer = self._buffer("momentum_buffer") if momentum != 0 else self._flat_param
-        grid, cfg = _grid(start, end)
+        grid, cfg = _grid(longest, count)
         _sgd_kernel[grid](
-            self._flat_param, self._flat_grad, buffer, self._lr[group_index], start, end,
-            *_split(group["weight_decay"]),
-            *_split(momentum), *_split(1 - group["dampening"]),
-            HAS_WD=group["weight_decay"] != 0, MOMENTUM=momentum != 0, FIRST=first,
-            NESTEROV=bool(group["nesterov"]), MAXIMIZE=bool(group["maximize"]), **cfg,
+            self._flat_param, *grads, self._segments, first, buffer, self._lr[group_index], *clip,
+            *_split(group["weight_decay"]), *_split(momentum), *_split(1 - group["dampening"]),
+            HAS_WD=group["weight_decay"] != 0, MOMENTUM=momentum != 0, FIRST=starting,
+            NESTEROV=bool(group["nesterov"]), MAXIMIZE=bool(group["maximize"]), CLIP=clip[1] > 0, **cfg,
         )
-        if first:
-            self._expose_state(group_index, ("momentum_buffer",))
+        if starting:
+            self._expose_state(self._slots[first:first + count], ("momentum_buffer",))
 
 
 class Adam(FlatOptimizer):
@@ -215,50 +248,56 @@ class Adam(FlatOptimizer):
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
                     "amsgrad": amsgrad, "maximize": maximize}
         super().__init__(params, defaults)
+        device = self._flat_param.device
+        # every parameter's t (as torch's capturable Adam: float32 on the device), state["step"] views
+        # its own element (non-overlapping, so safetensors saves them); the kernel advances them itself
+        self._steps = torch.zeros(len(self._slots), dtype=torch.float32, device=device)
+        self._ticket = torch.zeros((), dtype=torch.int32, device=device)  # see _advance_steps
 
-    def _step_tensors(self, group_index: int) -> list[torch.Tensor]:
-        """Each parameter's state["step"]: its own float32 device tensor (as torch's capturable Adam;
-        shared ones would trip safetensors), all advanced together by one foreach add."""
-        slots = self._group_slots(group_index)
+    def _start_state(self, group: dict[str, Any], first: int, count: int) -> None:
+        """torch's lazy state on the chunk's first step: moments (and max) in flat buffers, t = 0."""
+        slots = self._slots[first:first + count]
         if self.state[slots[0][0]].get("step") is None:
-            amsgrad = self.param_groups[group_index]["amsgrad"]
-            keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
-            self._expose_state(group_index, keys)
-            for p, _, _ in slots:
-                self.state[p]["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-        return [self.state[p]["step"] for p, _, _ in slots]
+            keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
+            self._expose_state(slots, keys)
+            for index in range(first, first + count):
+                self.state[self._slots[index][0]]["step"] = self._steps[index]
+        elif group["amsgrad"] and self.state[slots[0][0]].get("max_exp_avg_sq") is None:
+            self._expose_state(slots, ("max_exp_avg_sq",))  # amsgrad switched on after a load
 
     def _check_steps(self) -> None:
-        """After a load: steps move to the device (torch keeps them on the CPU unless capturable);
-        one group's parameters must share a step count (one kernel updates them)."""
-        for p, _, _ in self._slots:
+        """After a load: steps move into the device vector (torch keeps them on the CPU unless capturable);
+        one launch's parameters must share a step count (its kernel reads the first one's)."""
+        for index, (p, _, _) in enumerate(self._slots):
             step = self.state.get(p, {}).get("step")
             if step is not None:
-                self.state[p]["step"] = torch.as_tensor(step, dtype=torch.float32).to(p.device).clone()
-        for group_index, (start, end) in enumerate(self._ranges):
-            steps = [self.state[p].get("step") for p, _, _ in self._group_slots(group_index)]
-            if end == start or all(s is None for s in steps):
-                continue
-            if any(s is None or float(s) != float(steps[0]) for s in steps):
-                raise NotImplementedError(f"{type(self).__name__}: one group's parameters at different steps")
+                self._steps[index].copy_(torch.as_tensor(step, dtype=torch.float32))
+                self.state[p]["step"] = self._steps[index]
+        for chunks in self._chunks:
+            for first, count in chunks:
+                steps = [self.state[p].get("step") for p, _, _ in self._slots[first:first + count]]
+                if all(s is None for s in steps):
+                    continue
+                if any(s is None or float(s) != float(steps[0]) for s in steps):
+                    name = type(self).__name__
+                    raise NotImplementedError(f"{name}: one group's parameters at different steps")
 
-    def _update(self, group_index: int, group: dict[str, Any], start: int, end: int) -> None:
-        steps = self._step_tensors(group_index)
-        torch._foreach_add_(steps, 1.0)  # on the device: a captured step advances t at every replay
+    def _update(self, group_index: int, group: dict[str, Any], first: int, count: int,
+                grads: list[torch.Tensor], longest: int, clip: tuple[torch.Tensor, int, float, float]) -> None:
+        self._start_state(group, first, count)
         beta1, beta2 = group["betas"]
         wd = group["weight_decay"]
         amsgrad = bool(group["amsgrad"])
-        if amsgrad and self.state[self._group_slots(group_index)[0][0]].get("max_exp_avg_sq") is None:
-            self._expose_state(group_index, ("max_exp_avg_sq",))  # amsgrad switched on after a load
         vmax = self._buffer("max_exp_avg_sq") if amsgrad else self._flat_param
-        grid, cfg = _grid(start, end)
+        grid, cfg = _grid(longest, count)
         _adam_kernel[grid](
-            self._flat_param, self._flat_grad, self._buffer("exp_avg"), self._buffer("exp_avg_sq"), vmax,
-            steps[0], self._lr[group_index], start, end,
+            self._flat_param, *grads, self._segments, first,
+            self._buffer("exp_avg"), self._buffer("exp_avg_sq"), vmax, self._steps, self._ticket,
+            self._lr[group_index], *clip,
             *_split(_log_beta(beta1)), *_split(_log_beta(beta2)), *_split(group["eps"]),
             *_split(1 - beta1), *_split(beta2), *_split(1 - beta2), *_split(wd),
             HAS_WD=wd != 0, DECOUPLED=self._DECOUPLED, AMSGRAD=amsgrad, MAXIMIZE=bool(group["maximize"]),
-            **cfg,
+            CLIP=clip[1] > 0, SEGS=SEGMENTS, **cfg,
         )
 
 

@@ -119,6 +119,27 @@ def optimizer_blocker(optimizer: torch.optim.Optimizer) -> str:
     return ""
 
 
+def fused_clip(module: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer can clip the module's gradients itself (netc's: one launch, folded into
+    its step): it must hold every trainable parameter of the module, or the norm would miss some."""
+    if not callable(getattr(optimizer, "clip_grad_norm_", None)):
+        return False
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return all(id(p) in held for p in module.parameters() if p.requires_grad)
+
+
+def clip_gradients(module: nn.Module, optimizer: torch.optim.Optimizer, max_norm: float, fused: bool) -> None:
+    """Scale the step's gradients to a global 2-norm of at most max_norm, on the device (no sync).
+
+    `fused` (see fused_clip): netc's optimizer folds it into its step, one launch in all;
+    otherwise torch's clip_grad_norm_ (a norm per tensor, their norm, a scale: several ops).
+    """
+    if fused:
+        optimizer.clip_grad_norm_(max_norm)  # type: ignore[attr-defined]
+    else:
+        nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+
+
 def _module_tensors(module: nn.Module) -> list[torch.Tensor]:
     return [*module.parameters(), *module.buffers()]
 
@@ -142,6 +163,8 @@ class TrainStep:
         clip: float | None = None,
     ) -> None:
         self.module, self.optimizer, self.loss_fn, self.clip = module, optimizer, loss_fn, clip
+        self._fused_clip = fused_clip(module, optimizer)
+        self._ones: torch.Tensor | None = None
         images, labels = example_batch
         self.mode, self.reason = "eager", ""
         self.captures = 0  # how many times the step was captured (1 + re-captures)
@@ -163,14 +186,20 @@ class TrainStep:
             self._capture()
 
     def _eager_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # None, not zeros: autograd then hands each parameter its gradient tensor (no fill, no add)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss_fn(self.module(images), labels)
-        loss.backward()
+        loss.backward(self._seed_gradient(loss))
         if self.clip is not None:
-            # the norm and the scaling stay on the device: no sync, capturable
-            nn.utils.clip_grad_norm_(self.module.parameters(), self.clip)
+            clip_gradients(self.module, self.optimizer, self.clip, self._fused_clip)
         self.optimizer.step()
         return loss.detach()
+
+    def _seed_gradient(self, loss: torch.Tensor) -> torch.Tensor:
+        """dloss/dloss = 1, made once (the warm-up makes it before any capture): saves a fill per step."""
+        if self._ones is None or self._ones.dtype != loss.dtype or self._ones.device != loss.device:
+            self._ones = torch.ones((), dtype=loss.dtype, device=loss.device)
+        return self._ones
 
     def _warm_up(self) -> None:
         side = torch.cuda.Stream()

@@ -93,7 +93,7 @@ def test_steps_match_torch(config: str, dtype: torch.dtype, device: str) -> None
 def test_several_programs_per_group(config: str, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """16 elements per program: each group's range spans several programs, the second group starts
     mid-block and both end in a partial one (the 58 parameters otherwise fit one program)."""
-    monkeypatch.setattr(optim, "launch_config", lambda: {"BLOCK": 16, "num_warps": 1})
+    monkeypatch.setattr(optim, "launch_config", lambda: {"BLOCK": 16, "PART_BLOCK": 16, "num_warps": 1})
     ours_cls, ref_cls, kwargs = CONFIGS[config]
     model = _model(torch.float64, device)
     ref = copy.deepcopy(model)
@@ -120,15 +120,68 @@ def test_lr_schedulers_take_effect(config: str, device: str) -> None:
         _assert_same(model, ref, opt, ref_opt, torch.float64, "scheduled")
 
 
-def test_clip_grad_norm_acts_on_the_flat_gradient(device: str) -> None:
-    model, ref, opt, ref_opt = _pair("adam", torch.float64, device)
+def _deep_model(dtype: torch.dtype, device: str) -> torch.nn.Module:
+    """Five linears: 10 parameters, more than one launch's SEGMENTS, of odd sizes."""
+    sizes = [7, 9, 4, 11, 5, 3]
+    layers = [torch.nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False)]
+    return torch.nn.Sequential(*layers).to(device, dtype)
+
+
+@pytest.mark.parametrize("config", ["sgd-momentum", "adam-everything"])
+@pytest.mark.parametrize("deep", [False, True], ids=["one-launch", "two-launches"])
+def test_clip_grad_norm_matches_torch(config: str, deep: bool, device: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """opt.clip_grad_norm_ (partial sums of squares, the scale folded into the step) equals torch's
+    clip_grad_norm_ then step: several programs and partial-sum loop steps, one or two launches."""
+    monkeypatch.setattr(optim, "launch_config", lambda: {"BLOCK": 16, "PART_BLOCK": 4, "num_warps": 1})
+    ours_cls, ref_cls, kwargs = CONFIGS[config]
+    model = _deep_model(torch.float64, device) if deep else _model(torch.float64, device)
+    ref = copy.deepcopy(model)
+    opt, ref_opt = ours_cls(model.parameters(), **kwargs), ref_cls(ref.parameters(), **kwargs)
+    assert len(opt._chunks[0]) == (2 if deep else 1)
     for x in _inputs(3, torch.float64, device):
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad()
+            _backward(m, x * 10)
+        grads = [p.grad.clone() for p in model.parameters()]
+        norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), max_norm=0.1)
+        assert float(norm) > 0.1, "the test needs clipping to bite"
+        opt.clip_grad_norm_(0.1)
+        opt.step()
+        ref_opt.step()
+        assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
+    _assert_same(model, ref, opt, ref_opt, torch.float64, "clipped")
+
+
+def test_torch_clip_grad_norm_still_works(device: str) -> None:
+    """torch's own clip_grad_norm_ scales the .grad tensors, which the step reads where they are."""
+    model, ref, opt, ref_opt = _pair("adam", torch.float64, device)
+    for x in _inputs(2, torch.float64, device):
         for m, o in ((model, opt), (ref, ref_opt)):
             o.zero_grad()
             _backward(m, x * 10)
             torch.nn.utils.clip_grad_norm_(m.parameters(), max_norm=0.1)
             o.step()
-    _assert_same(model, ref, opt, ref_opt, torch.float64, "clipped")
+    _assert_same(model, ref, opt, ref_opt, torch.float64, "torch-clipped")
+
+
+def test_a_step_adds_no_gradient_ops(device: str) -> None:
+    """Gradients are written, not accumulated: no zeroing by zero_grad, no add into a flat buffer by
+    backward (beyond the model's own ops), and a (clipped) step is its kernels and nothing else."""
+    from netc.runtime.opcount import count_step_ops
+
+    model, _, opt, _ = _pair("adam", torch.float32, device)
+    x = torch.randn(9, 7, device=device)
+    _train(model, opt, [x])  # the lazy state and the lr fill happen once, before counting
+    for p in model.parameters():
+        p.grad = None
+    plain = count_step_ops(lambda: _backward(model, x))  # the model's own ops
+    counted = count_step_ops(lambda: (opt.zero_grad(), _backward(model, x)))
+    assert counted.aten == plain.aten and all(p.grad is not None for p in model.parameters())
+    assert not any(p.grad.untyped_storage().data_ptr() == opt._flat_param.untyped_storage().data_ptr()
+                   for p in model.parameters())
+    step = count_step_ops(lambda: (opt.clip_grad_norm_(1.0), opt.step()))
+    assert step.total == 2 and dict(step.triton) == {"_grad_sumsq_kernel": 1, "_adam_kernel": 1}, step.summary()
 
 
 @pytest.mark.parametrize("config", ["sgd-momentum", "adam-amsgrad-max", "adamw"])
@@ -160,17 +213,30 @@ def test_one_launch_per_step(monkeypatch: pytest.MonkeyPatch, device: str) -> No
     assert len(launches) == 3
 
 
-def test_grads_are_views_and_replaced_grads_are_adopted(device: str) -> None:
+def test_grads_are_autograds_own_and_hand_set_grads_are_read(device: str) -> None:
+    """zero_grad sets .grad to None (torch's default); the step reads whatever .grad holds then:
+    autograd's tensors, or hand-set ones that are non-contiguous or of another dtype."""
     model, ref, opt, ref_opt = _pair("sgd-momentum", torch.float64, device)
     inputs = _inputs(3, torch.float64, device)
-    opt.zero_grad(set_to_none=True)
-    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
-    for x in inputs:  # the model's own zero_grad sets grads to None; backward makes new tensors
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    for index, x in enumerate(inputs):  # the model's own zero_grad works as well
         model.zero_grad(set_to_none=True)
         _backward(model, x)
+        if index == 1:
+            weight = model[0].weight
+            weight.grad = weight.grad.t().contiguous().t().float()  # column-major, float32
+            assert not weight.grad.is_contiguous()
+            ref[0].weight.grad = None
         opt.step()
-    _train(ref, ref_opt, inputs)
-    _assert_same(model, ref, opt, ref_opt, torch.float64, "adopted")
+        if index == 1:
+            ref_opt.zero_grad()
+            _backward(ref, x)
+            ref[0].weight.grad = ref[0].weight.grad.float().double()
+            ref_opt.step()
+        else:
+            _train(ref, ref_opt, [x])
+    _assert_same(model, ref, opt, ref_opt, torch.float64, "hand-set")
 
 
 def test_param_groups_with_their_own_lr(device: str) -> None:
@@ -252,43 +318,59 @@ def test_step_launches_freeze_nothing_that_changes(monkeypatch: pytest.MonkeyPat
     (grid, args, kwargs), *later = launches
     for other_grid, other_args, other_kwargs in later:
         assert other_grid == grid and other_kwargs == kwargs
-        for a, b in zip(args, other_args, strict=True):
+        # args[1:9] are the gradients: eagerly autograd's fresh tensors, under a graph its pool's
+        for a, b in zip(args[:1] + args[9:], other_args[:1] + other_args[9:], strict=True):
             assert a.data_ptr() == b.data_ptr() if isinstance(a, torch.Tensor) else a == b
-    step = next(a for a in args if isinstance(a, torch.Tensor) and a.dtype == torch.float32 and a.dim() == 0)
-    assert step.device == model[0].weight.device and float(step) == 3.0
-    assert all(state["step"].device == step.device for state in opt.state.values())
+    steps = next(a for a in args if isinstance(a, torch.Tensor) and a.dtype == torch.float32)
+    assert steps.device == model[0].weight.device and steps.tolist() == [3.0] * 4
+    assert all(state["step"].device == steps.device for state in opt.state.values())
+    assert int(opt._ticket) == 0  # the last program of each launch reset it
 
 
 _COMPILE_FOR_SM90 = """
-import itertools
+import itertools, os, re, subprocess, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from netc.kernels import optim
+from netc.kernels import flat_optim, optim
+
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 def build(fn, types, constexprs):
     signature = {name: types.get(name, "fp32") for name in fn.arg_names}
     signature.update({name: "constexpr" for name in constexprs})
     keyed = {(fn.arg_names.index(name),): value for name, value in constexprs.items()}
     source = ASTSource(fn=fn, signature=signature, constexprs=keyed)
-    triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(kernel.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([CUOBJDUMP, "--dump-resource-usage", cubin.name], capture_output=True,
+                               text=True, check=True).stdout
+    local = re.search(r"LOCAL:(\\d+)", usage)
+    assert local and local.group(1) == "0", f"{fn.__name__} {constexprs} spills: {usage}"
 
 for dtype in ("fp32", "fp64"):
-    types = {name: "*" + dtype for name in ("p_ptr", "g_ptr", "m_ptr", "v_ptr", "vmax_ptr", "buf_ptr")}
-    types.update(step_ptr="*fp32", lr_ptr="*fp64", start="i64", end="i64")
+    types = {name: "*" + dtype for name in ("p_ptr", "m_ptr", "v_ptr", "vmax_ptr", "buf_ptr", "part_ptr")}
+    types.update({f"g{i}": "*" + dtype for i in range(8)})
+    types.update(seg_ptr="*i64", seg_base="i32", part_base="i32", n_parts="i32", steps_ptr="*fp32",
+                 ticket_ptr="*i32", lr_ptr="*fp64")
+    blocks = dict(BLOCK=1024, PART_BLOCK=256)
+    for flags in itertools.product([False, True], repeat=4):  # CLIP rides along, on and off
+        constexprs = dict(zip(("HAS_WD", "DECOUPLED", "AMSGRAD", "MAXIMIZE"), flags), CLIP=flags[0] != flags[2])
+        build(optim._adam_kernel, types, dict(constexprs, SEGS=flat_optim.SEGMENTS, **blocks))
     for flags in itertools.product([False, True], repeat=4):
-        constexprs = dict(zip(("HAS_WD", "DECOUPLED", "AMSGRAD", "MAXIMIZE"), flags), BLOCK=1024)
-        build(optim._adam_kernel, types, constexprs)
-    for flags in itertools.product([False, True], repeat=4):
-        constexprs = dict(zip(("HAS_WD", "MOMENTUM", "FIRST", "MAXIMIZE"), flags), BLOCK=1024)
-        build(optim._sgd_kernel, types, dict(constexprs, NESTEROV=flags[1]))
+        constexprs = dict(zip(("HAS_WD", "MOMENTUM", "FIRST", "MAXIMIZE"), flags), CLIP=flags[0] != flags[2])
+        build(optim._sgd_kernel, types, dict(constexprs, NESTEROV=flags[1], **blocks))
+    build(flat_optim._grad_sumsq_kernel, types, {"BLOCK": 1024})
 """
 
 
 @pytest.mark.slow
 def test_kernels_compile_for_a_cuda_target() -> None:
-    """Every SGD/Adam variant compiles for sm_90 (no GPU needed): the float64 exp/log/sqrt of the
-    in-kernel bias correction and the device step load are code the interpreter never compiles."""
+    """Every SGD/Adam variant and the clip kernel compile for sm_90 (no GPU needed) with no spills: the
+    float64 exp/log/sqrt of the in-kernel bias correction, the device step load, the ticket's atomic
+    and the pointer choice are code the interpreter never compiles."""
     import os
     import subprocess
     import sys
