@@ -10,6 +10,7 @@ from typing import Any
 
 from netc.dsl import ast
 from netc.dsl.errors import Loc
+from netc.dsl.limits import INT64_MAX
 
 REQUIRED = object()  # marks an argument without a default
 
@@ -169,6 +170,9 @@ def _number(spec: ArgSpec, value: ast.Value) -> int | float:
     if not wants_int and value.kind not in ("int", "float"):
         raise ArgError(f"'{spec.name}' must be a number, got {value.text()}", value.loc)
     number = value.value if wants_int else float(value.value)
+    if wants_int and abs(number) > INT64_MAX:  # beyond every size a tensor or int64 arithmetic can hold
+        raise ArgError(f"'{spec.name}' is too large: integers must be at most {INT64_MAX:,} (2**63 - 1), "
+                       f"got {value.text()}", value.loc)
     if not wants_int and not math.isfinite(number):
         raise ArgError(f"'{spec.name}' must be a finite number, got {value.text()}", value.loc)
     _check_range(spec, number, value)

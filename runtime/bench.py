@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     """The `netc bench` command; returns 1 when a contender failed (the others are still reported)."""
     from netc.dsl.check import parse_path
     from netc.runtime.lower import resolve_target
+    from netc.runtime.memory import check_fits
 
     known = [contender.name for contender in CONTENDERS]
     unknown = [name for name in args.contenders or [] if name not in known]
@@ -102,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"unknown contender {unknown[0]!r}: choose from {', '.join(known)}")
     graph = parse_path(args.file)
     device, _, _ = resolve_target(args.device, "torch")
+    optimizer = graph.train.optimizer  # refuse what cannot fit before any contender allocates
+    check_fits(graph, args.batch or graph.train.batch, device, optimizer.name, optimizer.momentum, copies=2)
     if device.type == "cpu":
         resolve_target(device, "triton")  # chooses Triton's interpreter before any kernel loads
     report = bench(graph, device, args.steps, args.compile, args.batch, args.contenders,

@@ -15,6 +15,7 @@ from netc.dsl.errors import DataError
 from netc.dsl.ir import Graph, TrainConfig
 from netc.runtime import checkpoint as ckpt
 from netc.runtime.data import Splits, prepare
+from netc.runtime.memory import check_fits
 from netc.runtime.progress import Progress
 from netc.runtime.train import Trainer, make_optimizer
 
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, seed=checkpoint.meta["seed"])
     out = args.out or args.resume or os.path.join("runs", graph.name)
     ckpt.check_out(out, graph)  # before any training: a bad --out would fail at epoch 1's end
+    check_fits(graph, config.batch, args.device, config.optimizer.name, config.optimizer.momentum)
     net = load_network(graph, args.device, args.backend, config.seed)
     classes = graph.output_shape[-1] if len(graph.output_shape) == 1 else -1
     if classes < 2:
