@@ -14,13 +14,15 @@ from netc.kernels.config import ensure_backend
 
 ensure_backend()  # decide TRITON_INTERPRET before any family module imports triton
 
-from netc.kernels.activation import leaky_relu, relu, sigmoid, tanh  # noqa: E402
+from netc.kernels.activation import gelu, leaky_relu, relu, sigmoid, silu, tanh  # noqa: E402
 from netc.kernels.conv import conv2d, conv2d_act  # noqa: E402
 from netc.kernels.dropout import dropout  # noqa: E402
+from netc.kernels.layer_norm import layer_norm  # noqa: E402
 from netc.kernels.linear import linear, linear_act  # noqa: E402
 from netc.kernels.loss import cross_entropy  # noqa: E402
+from netc.kernels.norm import batch_norm  # noqa: E402
 from netc.kernels.optim import SGD, Adam, AdamW  # noqa: E402
-from netc.kernels.pool import avg_pool2d, max_pool2d  # noqa: E402
+from netc.kernels.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d  # noqa: E402
 from netc.kernels.recurrent import gru, lstm, rnn  # noqa: E402
 
 # public name -> the family module that defines it (the plan and tests look kernels up here)
@@ -35,6 +37,11 @@ _EXPORTS: dict[str, str] = {
     "tanh": "activation",
     "sigmoid": "activation",
     "leaky_relu": "activation",
+    "gelu": "activation",
+    "silu": "activation",
+    "batch_norm": "norm",
+    "layer_norm": "layer_norm",
+    "adaptive_avg_pool2d": "pool",
     "dropout": "dropout",
     "cross_entropy": "loss",
     "SGD": "optim",
@@ -46,7 +53,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
-    "SGD", "Adam", "AdamW", "avg_pool2d", "conv2d", "conv2d_act", "cross_entropy", "dropout",
-    "gru", "leaky_relu", "linear", "linear_act", "lstm", "max_pool2d", "relu", "rnn",
-    "sigmoid", "tanh",
+    "SGD", "Adam", "AdamW", "adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "conv2d", "conv2d_act",
+    "cross_entropy", "dropout", "gelu", "gru", "layer_norm", "leaky_relu", "linear", "linear_act", "lstm",
+    "max_pool2d", "relu", "rnn", "sigmoid", "silu", "tanh",
 ]

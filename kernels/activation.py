@@ -1,4 +1,4 @@
-"""Elementwise activations (relu, tanh, sigmoid, leaky_relu): tensor -> same-shape tensor, with autograd.
+"""Elementwise activations (relu, tanh, sigmoid, leaky_relu, gelu, silu): tensor -> same shape, autograd.
 
 Every activation is one forward and one backward kernel over the flattened
 tensor. Non-contiguous inputs are copied to a contiguous layout by the
@@ -9,7 +9,9 @@ NotImplementedError). No `tl.dot` here, so no precision choice applies.
 The `@triton.jit` helpers `apply_activation` and `activation_grad` are shared
 with the GEMM epilogues in `linear.py` and `conv.py` (SLOPE may be a
 constexpr or a runtime scalar there); activation codes are the `ACT_*`
-constants below.
+constants below. gelu (exact and tanh-approximated) and silu differentiate from
+their input, not their output: `backward_needs_input` tells an epilogue when
+it must keep the pre-activation for the backward.
 """
 
 from __future__ import annotations
@@ -19,24 +21,33 @@ import triton
 import triton.language as tl
 from torch.autograd.function import FunctionCtx as Ctx
 
-from netc.kernels import config
+from netc.kernels import config, policy
 
 ACT_NONE, ACT_RELU, ACT_TANH, ACT_SIGMOID, ACT_LEAKY_RELU = 0, 1, 2, 3, 4
+ACT_GELU, ACT_GELU_TANH, ACT_SILU = 5, 6, 7
 ACTIVATIONS: dict[str | None, int] = {
     None: ACT_NONE,
     "relu": ACT_RELU,
     "tanh": ACT_TANH,
     "sigmoid": ACT_SIGMOID,
     "leaky_relu": ACT_LEAKY_RELU,
+    "gelu": ACT_GELU,  # F.gelu(x, approximate="none")
+    "gelu_tanh": ACT_GELU_TANH,  # F.gelu(x, approximate="tanh")
+    "silu": ACT_SILU,
 }
+# activations whose derivative is a function of the input only (the output does not determine it)
+_INPUT_GRAD_ACTIVATIONS = (ACT_GELU, ACT_GELU_TANH, ACT_SILU)
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
 def launch_config() -> dict[str, int]:
-    """Block size and warps for the elementwise kernels: few large programs under the interpreter."""
-    if config.interpreting():
-        return {"BLOCK": 16384, "num_warps": 1}
-    return {"BLOCK": 1024, "num_warps": 4}
+    """Block size and warps for the elementwise kernels (policy.py's elementwise section)."""
+    return policy.elementwise_config()
+
+
+def backward_needs_input(act: int, slope: float = 0.0) -> bool:
+    """True when `activation_grad` must get the pre-activation x rather than the output y."""
+    return act in _INPUT_GRAD_ACTIVATIONS or (act == ACT_LEAKY_RELU and slope < 0)
 
 
 @triton.jit
@@ -61,6 +72,74 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _erf_float64(x):
+    # float64 erf with only +, *, /, exp (no libdevice in the interpreter; tl.math.erf takes
+    # float32 only). |x| < 2: the Maclaurin series, 30 terms (the largest term is 2.4, so under
+    # 1e-15 absolute error); |x| >= 2: Laplace's continued fraction for erfc, 40 levels (below
+    # 2e-16). Each branch sees a clamped argument so the other branch's range never overflows.
+    ax = tl.abs(x)
+    small = tl.minimum(ax, 2.0)
+    z = small * small
+    term = small
+    series = small
+    for n in tl.static_range(1, 30):
+        term = term * (-z) * (1.0 / n)
+        series += term * (1.0 / (2 * n + 1))
+    series = series * 1.1283791670955126  # 2 / sqrt(pi)
+    big = tl.maximum(ax, 2.0)
+    fraction = big
+    for k in tl.static_range(40, 0, -1):
+        fraction = big + (0.5 * k) / fraction
+    tail = 1.0 - tl.exp(-big * big) / (fraction * 1.7724538509055159)  # sqrt(pi)
+    y = tl.where(ax < 2.0, series, tail)
+    y = tl.where(x < 0, -y, y)
+    return tl.where(x != x, x, y)  # NaN in, NaN out (the clamps above would hide it)
+
+
+@triton.jit
+def _erf(x):
+    if x.dtype == tl.float64:
+        return _erf_float64(x)
+    else:
+        return tl.math.erf(x.to(tl.float32)).to(x.dtype)
+
+
+@triton.jit
+def _gelu_tanh_inner(x):
+    # sqrt(2/pi) * (x + 0.044715 x^3): the tanh approximation's argument, as PyTorch writes it
+    return 0.7978845608028654 * (x + 0.044715 * x * x * x)
+
+
+@triton.jit
+def _apply_input_activation(x, ACT: tl.constexpr):
+    """gelu (exact), gelu (tanh) and silu, in PyTorch's formulas."""
+    if ACT == 5:
+        y = 0.5 * x * (1.0 + _erf(x * 0.7071067811865476))
+    elif ACT == 6:
+        y = 0.5 * x * (1.0 + _tanh(_gelu_tanh_inner(x)))
+    else:
+        y = x * _sigmoid(x)
+    return y
+
+
+@triton.jit
+def _input_activation_grad(g, x, ACT: tl.constexpr):
+    """dL/dx of gelu / gelu tanh / silu from dL/dy and the input x (PyTorch's backward formulas)."""
+    if ACT == 5:  # cdf + x * pdf
+        cdf = 0.5 * (1.0 + _erf(x * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * x * x) * 0.3989422804014327  # 1 / sqrt(2 pi)
+        g = g * (cdf + x * pdf)
+    elif ACT == 6:
+        t = _tanh(_gelu_tanh_inner(x))
+        d_inner = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
+        g = g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * d_inner)
+    else:
+        s = _sigmoid(x)
+        g = g * s * (1.0 + x * (1.0 - s))
+    return g
+
+
+@triton.jit
 def apply_activation(x, ACT: tl.constexpr, SLOPE):
     """y = act(x) for an activation code; NaN propagates as in PyTorch."""
     if ACT == 1:  # relu: `x < 0` is False for NaN, so relu(NaN) = NaN like torch.clamp_min
@@ -71,6 +150,8 @@ def apply_activation(x, ACT: tl.constexpr, SLOPE):
         x = _sigmoid(x)
     elif ACT == 4:
         x = tl.where(x > 0, x, x * SLOPE)
+    elif ACT >= 5:
+        x = _apply_input_activation(x, ACT)
     return x
 
 
@@ -79,7 +160,8 @@ def activation_grad(g, saved, ACT: tl.constexpr, SLOPE):
     """dL/dx from dL/dy = g, in PyTorch's formulas.
 
     `saved` is the output y for relu, tanh and sigmoid; for leaky_relu it is
-    the input x, or the output y when SLOPE >= 0 (then y > 0 exactly when x > 0).
+    the input x, or the output y when SLOPE >= 0 (then y > 0 exactly when x > 0);
+    for gelu, gelu tanh and silu it is the input x (see `backward_needs_input`).
     """
     if ACT == 1:  # torch's threshold_backward: y <= 0 -> 0, so a NaN output passes g through
         g = tl.where(saved <= 0, 0.0, g)
@@ -89,6 +171,8 @@ def activation_grad(g, saved, ACT: tl.constexpr, SLOPE):
         g = g * (1.0 - saved) * saved
     elif ACT == 4:
         g = tl.where(saved > 0, g, g * SLOPE)
+    elif ACT >= 5:
+        g = _input_activation_grad(g, saved, ACT)
     return g
 
 
@@ -110,7 +194,7 @@ def _activation_fwd_kernel(
 @triton.jit
 def _activation_bwd_kernel(
     g_ptr,  # dL/dy, contiguous, n elements
-    saved_ptr,  # y (relu/tanh/sigmoid) or x (leaky_relu), contiguous
+    saved_ptr,  # y (relu/tanh/sigmoid) or x (leaky_relu, gelu, silu), contiguous
     dx_ptr,  # dL/dx output, contiguous
     n,  # number of elements
     ACT: tl.constexpr,  # activation code (ACT_*)
@@ -162,12 +246,12 @@ def activation_backward(
 
 
 class _Activation(torch.autograd.Function):
-    """y = act(x); saves y (relu, tanh, sigmoid) or x (leaky_relu, whose slope may be negative)."""
+    """y = act(x); saves y (relu, tanh, sigmoid) or x (leaky_relu: its slope may be negative; gelu, silu)."""
 
     @staticmethod
     def forward(ctx: Ctx, x: torch.Tensor, act: int, slope: float) -> torch.Tensor:
         y = activation_forward(x, act, slope)
-        ctx.save_for_backward(x if act == ACT_LEAKY_RELU else y)
+        ctx.save_for_backward(x if act == ACT_LEAKY_RELU or backward_needs_input(act) else y)
         ctx.act, ctx.slope = act, slope
         return y
 
@@ -202,3 +286,15 @@ def sigmoid(input: torch.Tensor) -> torch.Tensor:
 def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False) -> torch.Tensor:
     """x if x > 0 else negative_slope * x, like torch.nn.functional.leaky_relu."""
     return _activate("leaky_relu", input, ACT_LEAKY_RELU, negative_slope, inplace)
+
+
+def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """x * Phi(x) like torch.nn.functional.gelu; approximate="tanh" uses PyTorch's tanh formula."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _activate("gelu", input, ACT_GELU if approximate == "none" else ACT_GELU_TANH, 0.0, False)
+
+
+def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """x * sigmoid(x) like torch.nn.functional.silu."""
+    return _activate("silu", input, ACT_SILU, 0.0, inplace)

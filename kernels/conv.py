@@ -22,7 +22,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from netc.kernels import config
-from netc.kernels.activation import ACTIVATIONS, activation_grad, apply_activation
+from netc.kernels.activation import ACTIVATIONS, activation_grad, apply_activation, backward_needs_input
 from netc.kernels.conv_geometry import Geometry, check_tensors, geometry
 
 __all__ = ["conv2d", "conv2d_act"]
@@ -352,8 +352,8 @@ class _Conv2dFunction(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, geo: Geometry, act: int, slope: float
     ) -> Tensor:
-        pre = None  # leaky_relu's derivative needs the input's sign, which y hides when slope < 0
-        if act == _ACTIVATIONS["leaky_relu"] and slope < 0:
+        pre = None  # leaky_relu's derivative needs the input's sign, which y hides when slope < 0;
+        if backward_needs_input(act, slope):  # gelu's and silu's are not functions of y at all
             pre = config.new_empty((x.shape[0], weight.shape[0], *geo.out_hw), x)
         y = _forward(x, weight, bias, geo, act, slope, pre)
         ctx.save_for_backward(x, weight, pre if pre is not None else y if act else None)

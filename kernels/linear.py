@@ -34,6 +34,7 @@ from netc.kernels.activation import (
     ACTIVATIONS,
     activation_backward,
     apply_activation,
+    backward_needs_input,
     check_dtype,
 )
 
@@ -217,8 +218,9 @@ def linear_act(
         known = sorted(map(str, ACTIVATIONS))
         raise NotImplementedError(f"linear_act: activation {activation!r} (known: {known})")
     act = ACTIVATIONS[activation]
-    if act == ACT_LEAKY_RELU and slope < 0:
-        raise NotImplementedError("linear_act: leaky_relu with a negative slope (backward reads the output)")
+    if backward_needs_input(act, slope):  # the backward reads the output y, which does not determine these
+        what = "leaky_relu with a negative slope" if act == ACT_LEAKY_RELU else activation
+        raise NotImplementedError(f"linear_act: {what} (its backward needs the pre-activation)")
     _check_args("linear_act" if activation else "linear", input, weight, bias)
     lead = input.shape[:-1]
     x2d = input.reshape(math.prod(lead), input.shape[-1])  # (M, K); a view when the layout allows

@@ -75,7 +75,70 @@ def split_k(output_tiles: int, k_steps: int, min_steps_per_split: int = 4) -> in
 
 # -- elementwise (activations, dropout) --
 
+
+def elementwise_config() -> dict[str, int]:
+    """BLOCK and warps of a flat elementwise kernel: few large programs under the interpreter."""
+    if interpreting():
+        return {"BLOCK": 16384, "num_warps": 1}
+    return {"BLOCK": 1024, "num_warps": 4}
+
+
 # -- normalization (batch_norm, layer_norm) --
+
+NORM_TILE = 1024  # elements per (rows x channels) tile of the reductions and elementwise passes
+NORM_MIN_STEPS = 4  # tiles each CTA of a split reduction reads at least (fewer: the combine dominates)
+NORM_MAX_SPLITS = 512  # CTAs sharing one channel block's reduction (the combine reads them all)
+
+
+def norm_tile(channels: int, channels_minor: bool) -> tuple[int, int, int]:
+    """(BLOCK_R rows, BLOCK_C channels, warps) of a batch-norm tile, or of a layer-norm column reduction.
+
+    Channels-minor layouts ((N, C) rows, channels_last) read a row of up to 64 channels
+    at once, coalesced; channels-major ones (NCHW: each channel's N*H*W values are runs
+    of H*W) read one channel per tile along its rows.
+    """
+    block_c = min(64, triton_pow2(channels)) if channels_minor else 1
+    return max(1, NORM_TILE // block_c), block_c, 1 if interpreting() else 4
+
+
+def norm_splits(channel_blocks: int, rows: int, block_r: int) -> int:
+    """How many CTAs split each channel block's reduction over `rows`: enough for ~2 CTAs per SM.
+
+    The interpreter runs programs one after another: at most 2 (the combine still runs).
+    """
+    steps = -(-rows // block_r)
+    if interpreting():
+        return max(1, min(steps, 2))
+    wanted = -(-2 * SM_COUNT // channel_blocks)
+    return max(1, min(wanted, steps // NORM_MIN_STEPS, NORM_MAX_SPLITS))
+
+
+def layer_norm_tile(row_len: int, dtype_bytes: int) -> tuple[int, int, int]:
+    """(BLOCK_M rows, BLOCK_N columns, warps) of the row-wise layer-norm kernels.
+
+    A row of up to 8192 float32 (4096 float64) values stays in registers (one pass over
+    memory); longer rows loop over BLOCK_N columns three times. Short rows share a
+    program so each one still moves ~2048 elements.
+    """
+    block_n = min(triton_pow2(row_len), 32768 // dtype_bytes)
+    block_m = max(1, min(64, 2048 // block_n))
+    warps = 1 if interpreting() else min(16, max(1, block_m * block_n // 512))
+    return block_m, block_n, warps
+
+
+def adaptive_pool_tile(window: int) -> tuple[int, int, int]:
+    """(BLOCK outputs, BLOCK_K window elements, warps) of adaptive average pooling, a reduction too.
+
+    A global pool (window = H*W, say 784) reads 256-element strips of 4 planes per step;
+    small windows take more outputs per program.
+    """
+    block_k = min(256, triton_pow2(window))
+    return max(1, NORM_TILE // block_k), block_k, 1 if interpreting() else 4
+
+
+def triton_pow2(n: int) -> int:
+    """The smallest power of 2 >= n (>= 1), as triton.next_power_of_2 (no triton import here)."""
+    return 1 << max(0, int(n) - 1).bit_length()
 
 # -- loss --
 

@@ -1,8 +1,9 @@
-"""relu, tanh, sigmoid, leaky_relu kernels vs torch.nn.functional: forward and gradient, float64/float32."""
+"""relu, tanh, sigmoid, leaky_relu, gelu, silu vs torch.nn.functional: forward, gradient, fp64/fp32."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 import torch
@@ -18,6 +19,9 @@ FUNCTIONS: dict[str, tuple[Callable, Callable]] = {
     "tanh": (A.tanh, torch.tanh),
     "sigmoid": (A.sigmoid, torch.sigmoid),
     "leaky_relu": (A.leaky_relu, F.leaky_relu),
+    "gelu": (A.gelu, F.gelu),
+    "gelu_tanh": (partial(A.gelu, approximate="tanh"), partial(F.gelu, approximate="tanh")),
+    "silu": (A.silu, F.silu),
 }
 SHAPES = [(1,), (7, 13), (3, 5, 17), (20011,)]  # the last spans two interpreter programs
 
@@ -101,3 +105,31 @@ def test_outputs_every_element_of_a_poisoned_buffer(device: str) -> None:
     x = torch.randn(16385, dtype=torch.float64, device=device)
     for ours, _ in FUNCTIONS.values():
         assert torch.isfinite(ours(x)).all()
+
+
+def test_erf_float64_across_both_branches(device: str) -> None:
+    """gelu's float64 erf (series below |x| = 2, continued fraction above) stays within a few ulp of 2.
+
+    (An erf good to float32 only, such as Abramowitz-Stegun's 1.5e-7 formula, fails this by 1e8.)"""
+    x = torch.cat([torch.linspace(-9, 9, 2001, dtype=torch.float64), torch.tensor([1.999999, 2.0, 2.000001])])
+    x = x.to(device)
+    y = A.gelu(x)
+    cdf = 2 * y / x  # 1 + erf(x / sqrt 2), where x != 0
+    reference = 1 + torch.erf(x / 2**0.5)
+    keep = x != 0
+    assert (cdf[keep] - reference[keep]).abs().max().item() < 4e-15
+
+
+def test_gelu_rejects_unknown_approximation(device: str) -> None:
+    with pytest.raises(ValueError, match="approximate"):
+        A.gelu(torch.randn(3, device=device), approximate="sigmoid")
+    with pytest.raises(NotImplementedError, match="inplace"):
+        A.silu(torch.randn(3, device=device), inplace=True)
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "silu"])
+def test_backward_reads_the_input(name: str) -> None:
+    """Epilogues must keep the pre-activation for these: their derivative is not a function of y."""
+    act = A.ACTIVATIONS[name]
+    assert A.backward_needs_input(act)
+    assert not A.backward_needs_input(A.ACT_RELU) and A.backward_needs_input(A.ACT_LEAKY_RELU, -0.5)
