@@ -92,7 +92,7 @@ def _activation() -> list[Variant]:
     warps = cfg.pop("num_warps")
     out = []
     for dt in DTYPES:
-        for act in range(1, 5):  # ACT 0 is never launched: no activation means no kernel
+        for act in range(1, 8):  # ACT 0 is never launched: no activation means no kernel
             consts = dict(cfg, ACT=act, SLOPE=0.01 if act == 4 else 0.0)
             out.append(Variant(f"activation fwd {dt} act={act}", "activation", "_activation_fwd_kernel",
                                _ptrs(dt, "x_ptr", "y_ptr"), consts, warps))
@@ -167,6 +167,14 @@ def _pool() -> list[Variant]:
                                    "_avg_pool2d_fwd_kernel", _ptrs(dt, "x_ptr", "y_ptr"), consts, warps))
                 out.append(Variant(f"pool avg bwd {dt} {label} count_pad={count_pad}", "pool",
                                    "_avg_pool2d_bwd_kernel", _ptrs(dt, "dy_ptr", "dx_ptr"), consts, warps))
+        tile = importlib.import_module("netc.kernels.policy").adaptive_pool_tile
+        for window in (1, 4, 784):  # adaptive: upsampling, 2x2 windows, a 28x28 global pool
+            block, block_k, ada_warps = tile(window)
+            out.append(Variant(f"pool adaptive fwd {dt} window={window}", "pool",
+                               "_adaptive_avg_pool2d_fwd_kernel", _ptrs(dt, "x_ptr", "y_ptr"),
+                               {"BLOCK": block, "BLOCK_K": block_k}, ada_warps))
+        out.append(Variant(f"pool adaptive bwd {dt}", "pool", "_adaptive_avg_pool2d_bwd_kernel",
+                           _ptrs(dt, "dy_ptr", "dx_ptr"), {"BLOCK": block}, ada_warps))
     return out
 
 
