@@ -19,10 +19,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from netc.kernels.config import interpreting
+from netc.kernels import config
 
 if TYPE_CHECKING:
     import torch
+
+
+def interpreting() -> bool:
+    """config.interpreting(), looked up at each call: runtime/plan.py swaps it to trace either target."""
+    return config.interpreting()
+
 
 # The GPU netc is tuned for (NVIDIA H200, sm_90): streaming multiprocessors per device.
 SM_COUNT = 132
