@@ -17,6 +17,8 @@ Whether Triton runs interpreted is decided in `netc.kernels.config`, not here.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from netc.kernels import config
@@ -76,8 +78,77 @@ def split_k(output_tiles: int, k_steps: int, min_steps_per_split: int = 4) -> in
 # -- gemm (linear, recurrent projections, weight gradients) --
 
 # -- conv --
+# Implicit GEMMs (conv.py): fwd (N*OH*OW) x OC/g x (C/g*KH*KW), bwd_input (N*H*W) x C/g x (OC/g*KH*KW),
+# bwd_weight OC/g x (C/g*KH*KW) x (N*OH*OW). On the GPU every float32 tile side is >= 16 (tl.dot's
+# minimum) and the tiles are sized so the sm_90 compile keeps every variant free of spills (see
+# tests/test_kernels_conv.py); float64 multiplies without tl.dot (a BLOCK_M x BLOCK_K x BLOCK_N
+# broadcast product lives in registers), so its tiles stay small.
+
+
+@dataclass(frozen=True)
+class ConvTiles:
+    """One conv GEMM launch: tile rows x cols x depth, warps, software-pipeline stages."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+CONV_KINDS = ("fwd", "bwd_input", "bwd_weight")
+
+
+def conv_tiles(kind: str, dtype: torch.dtype, gemm: tuple[int, int, int]) -> ConvTiles:
+    """Tiles for conv GEMM `kind` of size gemm = (rows M, cols N, depth K) on this target."""
+    if kind not in CONV_KINDS:
+        raise ValueError(f"unknown conv kind {kind!r}; expected one of {CONV_KINDS}")
+    return _conv_tiles(kind, dtype, gemm, interpreting())
+
+
+@functools.cache
+def _conv_tiles(kind: str, dtype: torch.dtype, gemm: tuple[int, int, int], interpreted: bool) -> ConvTiles:
+    import torch
+
+    if interpreted:
+        return _interpreter_tiles(dtype, *gemm)
+    if dtype == torch.float64:
+        return ConvTiles(16, 16, 16, 4, 1)
+    if kind == "bwd_weight":  # few output tiles (OC/g x C/g*KH*KW), a long split reduction
+        rows, cols, _ = gemm
+        return ConvTiles(_fit(rows, 16, 32), _fit(cols, 16, 32), 32, 4, 3)
+    return ConvTiles(64, 32, 16, 4, 3)
+
+
+def _fit(size: int, low: int, high: int) -> int:
+    """The power of two covering `size`, clamped to [low, high]."""
+    return max(low, min(high, 1 << max(0, size - 1).bit_length()))
+
+
+def _interpreter_tiles(dtype: torch.dtype, rows: int, cols: int, depth: int) -> ConvTiles:
+    """The interpreter runs programs and loop steps one after another at a high fixed cost each:
+    tiles sized to the problem, as few programs and K steps as a memory budget allows."""
+    import torch
+
+    block_m, block_n, block_k = _fit(rows, 16, 1 << 14), _fit(cols, 16, 64), _fit(depth, 16, 1 << 14)
+    product_cap = 1 << 20 if dtype == torch.float64 else 1 << 30  # float64's 3-D product; Triton's max
+    while block_m * block_k > 1 << 18 or block_m * block_k * block_n > product_cap:
+        if block_m >= block_k:
+            block_m //= 2
+        else:
+            block_k //= 2
+    return ConvTiles(block_m, block_n, block_k, 1, 1)
 
 # -- pool --
+
+
+def pool_block(elements: int) -> tuple[int, int]:
+    """(elements per program, warps) for a pooling launch over `elements` outputs or inputs.
+
+    The interpreter gets few, large blocks (it runs programs one after another)."""
+    if interpreting():
+        return _fit(elements, 16, 1 << 14), 1
+    return 256, 4
 
 # -- elementwise (activations, dropout) --
 

@@ -7,17 +7,29 @@ error per (function, dtype) in LARGEST_ERRORS for the test report.
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections.abc import Callable, Sequence
 
 import torch
 
-from netc.kernels import config
+from netc.kernels import config, policy
 
 # (function, dtype) -> the largest normwise relative error seen in this session
 LARGEST_ERRORS: dict[tuple[str, str], float] = {}
 
-# normwise relative tolerance per dtype of our run (the reference is float64 either way)
-TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
+# normwise relative tolerance per precision of our run (the reference is float64 either way): float64,
+# float32 products rounded as PyTorch's float32 ("ieee"), or TF32 products (10-bit mantissa inputs, as
+# cuDNN's default convolutions on a GPU)
+TOLERANCE = {"float64": 1e-12, "ieee": 1e-5, "tf32": 5e-3}
+
+
+def precision_of(dtype: torch.dtype, device: torch.device, dot: str | None) -> str:
+    """Which precision a run of `dtype` on `device` uses: "float64", or the policy's float32 dot precision
+    for a `dot` kind ("conv", "matmul"); "ieee" for float32 ops without products."""
+    if dtype == torch.float64:
+        return "float64"
+    return policy.dot_precision(dot, dtype, device) if dot else "ieee"
 
 
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
@@ -53,12 +65,14 @@ def compare_with_torch(
     reference: Callable[..., object],
     tensors: Sequence[torch.Tensor | None],
     strided_grad: bool = False,
+    dot: str | None = None,
 ) -> list[object]:
     """Run both ops forward and backward on the same values; assert forward, gradients and extra outputs.
 
     `tensors` are the op's tensor arguments (None for an absent bias), already in our
     dtype and layout; floating ones that require grad get gradients checked. Returns
-    our outputs (extra outputs such as indices must equal the reference's exactly).
+    our outputs (extra outputs such as indices must equal the reference's exactly). `dot` names
+    the op's product kind for `policy.dot_precision` (the tolerance follows the precision that ran).
     """
     assert config.POISON_OUTPUTS, "outputs must start as NaN in these tests"
     dtype = next(t.dtype for t in tensors if t is not None)
@@ -76,11 +90,12 @@ def compare_with_torch(
         ours_grads = torch.autograd.grad(y, [ours_in[i] for i in leaves], grad)
         ref_grads = torch.autograd.grad(ref_out[0], [ref_in[i] for i in leaves], grad.double())
         errors += [relative_error(a, b) for a, b in zip(ours_grads, ref_grads, strict=True)]
-    _record(name, dtype, errors)
-    tolerance = TOLERANCE[dtype]
+    precision = precision_of(dtype, y.device, dot)
+    _record(f"{name} ({precision})", dtype, errors)
+    tolerance = TOLERANCE[precision]
     labels = ["forward"] + [f"grad of argument {i}" for i in leaves]
     for label, error in zip(labels, errors, strict=True):
-        assert error <= tolerance, f"{name} {label}: relative error {error:.3g} > {tolerance:g}"
+        assert error <= tolerance, f"{name} {label}: relative error {error:.3g} > {tolerance:g} ({precision})"
     return ours_out
 
 
@@ -88,8 +103,40 @@ def _as_list(result: object) -> list[torch.Tensor]:
     return list(result) if isinstance(result, tuple) else [result]  # type: ignore[list-item]
 
 
-def compile_for_cuda(capability: int = 90) -> None:
-    """Compile every conv and pool kernel variant for a CUDA target with the GPU launch configs.
+def _spills(ptx: str, capability: int) -> tuple[int, int]:
+    """(registers, spilled bytes: stores + loads) of a PTX kernel, from ptxas -v as Triton runs it."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as source:
+        source.write(ptx)
+        source.flush()
+        command = [get_ptxas(capability).path, "-v", "-lineinfo", "--regAllocOptLevel=2",
+                   f"--gpu-name=sm_{capability}a", source.name, "-o", "/dev/null"]
+        log = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    spilled = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    registers = re.search(r"Used (\d+) registers", log)
+    assert spilled and registers, log
+    return int(registers.group(1)), int(spilled.group(1)) + int(spilled.group(2))
+
+
+# (kind, KH, KW, GEMM (M, N, K), input channels per group CG): the convolutions of examples/lenet.net
+# (batch 100), best.net and fashion.net (batch 128), with the tiles the GPU policy picks for them
+EXAMPLE_CONVS = [
+    ("fwd", 5, 5, (57_600, 10, 25), 1), ("bwd_weight", 5, 5, (10, 25, 57_600), 1),
+    ("fwd", 3, 3, (100_352, 32, 9), 1), ("bwd_weight", 3, 3, (32, 9, 100_352), 1),
+    ("fwd", 3, 3, (86_528, 32, 288), 32), ("bwd_input", 3, 3, (100_352, 32, 288), 32),
+    ("bwd_weight", 3, 3, (32, 288, 86_528), 32), ("fwd", 3, 3, (18_432, 64, 288), 32),
+    ("bwd_input", 3, 3, (21_632, 32, 576), 64), ("bwd_weight", 3, 3, (64, 288, 18_432), 32),
+]
+
+
+def compile_for_cuda(capability: int = 90) -> dict[str, tuple[int, int]]:
+    """Compile every conv and pool kernel variant for a CUDA target with the GPU launch configs:
+    name -> (registers, spilled bytes).
 
     Needs no GPU (Triton ships ptxas); catches what the interpreter lets through, such as dot
     sides under 16 or type errors in code paths only a compiler sees. Run with TRITON_INTERPRET=0.
@@ -98,32 +145,44 @@ def compile_for_cuda(capability: int = 90) -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from netc.kernels import conv, pool
+    from netc.kernels import conv, conv_weight, pool
 
-    def build(fn, pointers: dict[str, str], constexprs: dict, warps: int = 4, stages: int = 1) -> None:
+    results: dict[str, tuple[int, int]] = {}
+    policy.interpreting = lambda: False  # the GPU tiles and splits (this runs in its own process)
+
+    def build(label: str, fn, pointers: dict[str, str], constexprs: dict, warps: int = 4,
+              stages: int = 1) -> None:
         types = {name: pointers.get(name, "fp32" if name == "slope" else "i32") for name in fn.arg_names}
         types.update({name: "constexpr" for name in constexprs})
         keyed = {(fn.arg_names.index(name),): value for name, value in constexprs.items()}
         source = ASTSource(fn=fn, signature=types, constexprs=keyed)
         target = GPUTarget("cuda", capability, 32)
-        triton.compile(source, target=target, options={"num_warps": warps, "num_stages": stages})
+        compiled = triton.compile(source, target=target, options={"num_warps": warps, "num_stages": stages})
+        results[label] = _spills(compiled.asm["ptx"], capability)
 
     kernels = {
-        "fwd": (conv._conv2d_fwd_kernel, ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "pre_ptr")),
-        "bwd_input": (conv._conv2d_bwd_input_kernel, ("dy_ptr", "y_ptr", "w_ptr", "dx_ptr")),
-        "bwd_weight": (conv._conv2d_bwd_weight_kernel, ("dy_ptr", "y_ptr", "x_ptr", "dw_ptr", "db_ptr")),
+        "fwd": (conv._conv2d_fwd_kernel, ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "pre_ptr"), {}),
+        "bwd_input": (conv._conv2d_bwd_input_kernel, ("dy_ptr", "y_ptr", "w_ptr", "dx_ptr"), {}),
+        "bwd_weight": (conv_weight._conv2d_bwd_weight_kernel,
+                       ("dy_ptr", "y_ptr", "x_ptr", "dw_ptr", "db_ptr", "ws_ptr"), {"ticket_ptr": "*i32"}),
     }
-    extra = {"fwd": {"HAS_BIAS": True, "STORE_PRE": True}, "bwd_input": {}, "bwd_weight": {"HAS_BIAS": True}}
+    extra = {"fwd": {"HAS_BIAS": True, "STORE_PRE": False}, "bwd_input": {}, "bwd_weight": {"HAS_BIAS": True}}
     for dtype, name in ((torch.float32, "fp32"), (torch.float64, "fp64")):
-        for kind, (fn, pointer_names) in kernels.items():
-            cfg = conv._launch_config(kind, dtype, False, (1000, 100, 1000))
-            for act, precision in ((0, "ieee"), (2, "ieee"), (4, "tf32")):
-                constexprs = dict(extra[kind], KH=3, KW=2, ACT=act, USE_DOT=dtype == torch.float32)
-                constexprs.update(PRECISION=precision, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
-                constexprs.update(BLOCK_K=cfg.block_k)
-                pointers = {pointer: f"*{name}" for pointer in pointer_names}
-                build(fn, pointers, constexprs, cfg.num_warps, cfg.num_stages)
-        block, warps = 256, 4
+        precisions = ("tf32", "ieee") if dtype == torch.float32 else ("ieee",)
+        for (kind, kh, kw, gemm, cg), precision in itertools.product(EXAMPLE_CONVS, precisions):
+            fn, pointer_names, more = kernels[kind]
+            cfg = policy.conv_tiles(kind, dtype, gemm)
+            constexprs = dict(extra[kind], KH=kh, KW=kw, ACT=1, USE_DOT=dtype == torch.float32)
+            constexprs.update(PRECISION=precision, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
+            constexprs.update(BLOCK_K=cfg.block_k)
+            if kind == "bwd_weight":
+                constexprs["SPLIT"] = True
+            if cg == 1:  # Triton makes an int argument equal to 1 a constant
+                constexprs["CG"] = 1
+            pointers = dict({pointer: f"*{name}" for pointer in pointer_names}, **more)
+            label = f"conv {kind} {name} {kh}x{kw} {gemm} {precision}"
+            build(label, fn, pointers, constexprs, cfg.num_warps, cfg.num_stages)
+        block, warps = policy.pool_block(1 << 20)
         pool_kernels = [
             (
                 pool._max_pool2d_fwd_kernel,
@@ -139,8 +198,10 @@ def compile_for_cuda(capability: int = 90) -> None:
             (pool._avg_pool2d_bwd_kernel, {"dy_ptr": f"*{name}", "dx_ptr": f"*{name}"}, {"COUNT_PAD": True}),
         ]
         for fn, pointers, constexprs in pool_kernels:
-            build(fn, pointers, dict(constexprs, KH=3, KW=2, BLOCK=block), warps)
+            constexprs = dict(constexprs, KH=2, KW=2, BLOCK=block)
+            build(f"pool {fn.__name__} {name}", fn, pointers, constexprs, warps)
+    return results
 
 
 if __name__ == "__main__":
-    compile_for_cuda()
+    print(json.dumps(compile_for_cuda()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import random
 import subprocess
@@ -11,10 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_helpers_conv import compare_with_torch, strided_like
+from kernel_helpers_dense import record_launches
+from kernel_helpers_conv import EXAMPLE_CONVS, strided_like
+from kernel_helpers_conv import compare_with_torch as compare_any
 
-from netc.kernels import conv
+from netc.kernels import conv, conv_weight, policy
 from netc.kernels.conv import conv2d, conv2d_act
+
+# every comparison here: tolerances follow the conv dot precision that ran (tf32 on a GPU by default)
+compare_with_torch = functools.partial(compare_any, dot="conv")
 
 # PyTorch warns that its 'same' padding with even kernels copies the input: the reference's concern
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
@@ -53,7 +60,13 @@ SLOW_TILED_CASES = {
 @pytest.fixture
 def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     """Force the GPU-sized minimum tiles (every dot side 16) on whatever runs the kernels."""
-    monkeypatch.setattr(conv, "_launch_config", lambda *args: conv._LaunchConfig(16, 16, 16, 4, 1))
+    monkeypatch.setattr(policy, "conv_tiles", lambda *args: policy.ConvTiles(16, 16, 16, 4, 1))
+
+
+@pytest.fixture
+def three_splits(monkeypatch: pytest.MonkeyPatch, small_tiles: None) -> None:
+    """Split every weight-gradient reduction three ways (the interpreter's policy never splits)."""
+    monkeypatch.setattr(policy, "split_k", lambda *args, **kwargs: 3)
 
 
 def _tensors(device: str, shape, out_channels, kernel, kwargs, dtype=torch.float64, bias=True):
@@ -94,6 +107,46 @@ def test_conv2d_many_tiles(device: str, name: str, small_tiles: None) -> None:
 @pytest.mark.parametrize("name", TILED)
 def test_conv2d_small_tiles(device: str, name: str, dtype: torch.dtype, small_tiles: None) -> None:
     _check(device, CASES[name], dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", ["multi-block", "groups", "depthwise-x2"])
+def test_conv2d_split_k_weight_gradient(
+    device: str, name: str, dtype: torch.dtype, three_splits: None
+) -> None:
+    """Each tile's reduction over three CTAs: partials, tickets, the last CTA's sum (and the bias's)."""
+    _check(device, CASES[name], dtype)
+
+
+def test_conv2d_split_k_without_bias_with_activation(device: str, three_splits: None) -> None:
+    shape, out_channels, kernel, kwargs = CASES["multi-block"]
+    x, w, _ = _tensors(device, shape, out_channels, kernel, kwargs, bias=False)
+    compare_with_torch(
+        "conv2d_act[leaky_relu]",
+        lambda x, w, b: conv2d_act(x, w, b, **kwargs, activation="leaky_relu", slope=-0.3),
+        lambda x, w, b: F.leaky_relu(F.conv2d(x, w, b, **kwargs), -0.3),
+        [x, w, None],
+    )
+
+
+def test_split_k_is_one_deterministic_launch_that_rezeroes_its_tickets(
+    device: str, three_splits: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dW and db in ONE launch; two runs agree bit for bit; every ticket is back at 0 afterwards (what a
+    CUDA-graph replay needs), and no split is empty."""
+    launches = record_launches(monkeypatch, conv_weight, "_conv2d_bwd_weight_kernel")
+    shape, out_channels, kernel, kwargs = CASES["groups"]  # K = 2 * 7 * 9: 8 steps of 16, splits of 3, 3, 2
+    x, w, b = _tensors(device, shape, out_channels, kernel, kwargs, dtype=torch.float32)
+    x.requires_grad_(False)
+    grads = []
+    for _ in range(2):
+        y = conv2d_act(x, w, b, **kwargs, activation="relu")
+        grads.append(torch.autograd.grad(y, [w, b], torch.ones_like(y)))
+    assert len(launches) == 2  # weight + bias, no column-sum launch, no input-gradient launch
+    grid, args, kwargs_launched = launches[0]
+    assert kwargs_launched["SPLIT"] and grid[2] == 2 * 3  # groups x splits
+    assert all(torch.equal(first, second) for first, second in zip(*grads, strict=True))
+    assert not conv_weight._TICKETS[x.device].any()
 
 
 def _random_case(seed: int) -> tuple[tuple[int, ...], int, tuple[int, int], dict]:
@@ -267,24 +320,44 @@ def test_bad_arguments_raise_value_error(device: str, kwargs: dict, weight_shape
         conv2d(x, torch.randn(*weight_shape, device=device), **kwargs)
 
 
-def test_dot_precision_is_ieee_unless_tf32_is_allowed_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    gemm = (40, 20, 30)
-    assert conv._dot_args(torch.float32, "fwd", gemm)["PRECISION"] == "ieee"
-    assert conv._dot_args(torch.float64, "fwd", gemm)["USE_DOT"] is False  # float64: sums of products
-    monkeypatch.setattr(conv, "ALLOW_TF32", True)
-    monkeypatch.setattr(conv.config, "interpreting", lambda: False)
-    assert conv._dot_args(torch.float32, "bwd_weight", gemm)["PRECISION"] == "tf32"
-    monkeypatch.setattr(conv.config, "interpreting", lambda: True)
-    assert conv._dot_args(torch.float32, "bwd_input", gemm)["PRECISION"] == "ieee"
+def test_dot_precision_follows_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 dots run tf32 on CUDA while cudnn.allow_tf32 is set (PyTorch's default), else ieee;
+    the interpreter is always ieee and float64 never uses tl.dot."""
+    gemm, cpu, cuda = (40, 20, 30), torch.device("cpu"), torch.device("cuda")
+    assert conv._dot_args(torch.float32, cpu, "fwd", gemm)["PRECISION"] == "ieee"
+    assert conv._dot_args(torch.float64, cpu, "fwd", gemm)["USE_DOT"] is False  # float64: sums of products
+    interpreted = conv_weight.launch_settings(torch.float32, cuda, 10, 25, 900, 1)
+    assert interpreted["PRECISION"] == "ieee"
+    monkeypatch.setattr(policy, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert conv._dot_args(torch.float32, cuda, "bwd_input", gemm)["PRECISION"] == "tf32"
+    assert conv_weight.launch_settings(torch.float32, cuda, 10, 25, 900, 1)["PRECISION"] == "tf32"
+    assert conv._dot_args(torch.float64, cuda, "fwd", gemm)["PRECISION"] == "ieee"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert conv._dot_args(torch.float32, cuda, "fwd", gemm)["PRECISION"] == "ieee"
+
+
+def test_lenet_weight_gradient_splits_across_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LeNet's first conv (10 x 25 output, 57,600-long reduction at batch 100) fills the SMs on the GPU;
+    the interpreter (programs run one after another) never splits."""
+    args = conv_weight.launch_settings(torch.float32, torch.device("cpu"), 10, 25, 57_600, 1)
+    assert args["splits"] == 1
+    monkeypatch.setattr(policy, "interpreting", lambda: False)
+    args = conv_weight.launch_settings(torch.float32, torch.device("cuda"), 10, 25, 57_600, 1)
+    assert (args["BLOCK_M"], args["BLOCK_N"]) == (16, 32)  # one output tile
+    assert args["splits"] == policy.SM_COUNT
 
 
 @pytest.mark.parametrize("interpreted", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_launch_configs_fit_triton(interpreted: bool, dtype: torch.dtype) -> None:
+def test_launch_configs_fit_triton(
+    monkeypatch: pytest.MonkeyPatch, interpreted: bool, dtype: torch.dtype
+) -> None:
     """Power-of-two tiles, dot sides >= 16, and no block over Triton's 2**20-element limit."""
-    for kind in ("fwd", "bwd_input", "bwd_weight"):
+    monkeypatch.setattr(policy, "interpreting", lambda: interpreted)
+    for kind in policy.CONV_KINDS:
         for gemm in [(1, 1, 1), (50176, 6, 25), (6, 25, 50176), (10**6, 512, 4608), (17, 300, 9)]:
-            cfg = conv._launch_config(kind, dtype, interpreted, gemm)
+            cfg = policy.conv_tiles(kind, dtype, gemm)
             sides = (cfg.block_m, cfg.block_n, cfg.block_k)
             assert all(side & (side - 1) == 0 for side in sides), (kind, gemm, cfg)
             if dtype == torch.float32:
@@ -296,7 +369,8 @@ def test_launch_configs_fit_triton(interpreted: bool, dtype: torch.dtype) -> Non
 
 @pytest.mark.slow
 def test_kernels_compile_for_a_cuda_target() -> None:
-    """Every conv and pool kernel variant compiles for sm_90 with its GPU launch config (no GPU needed)."""
+    """Every conv and pool kernel variant compiles for sm_90 with its GPU launch config (no GPU needed),
+    the convolutions of the example nets at tf32 and ieee, all without a spilled byte."""
     helper = Path(__file__).with_name("kernel_helpers_conv.py")
     env = dict(
         os.environ, TRITON_INTERPRET="0"
@@ -305,6 +379,10 @@ def test_kernels_compile_for_a_cuda_target() -> None:
         [sys.executable, str(helper)], env=env, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    compiled = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(compiled) == 2 * len(EXAMPLE_CONVS) + len(EXAMPLE_CONVS) + 8  # fp32 x 2 precisions, fp64
+    spilling = {name: spilled for name, (_registers, spilled) in compiled.items() if spilled}
+    assert not spilling, f"spilled bytes: {spilling}"
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "leaky_relu"])
