@@ -88,7 +88,25 @@ class Residual:
     loc: Loc
 
 
-Statement = Input | Layer | Repeat | Residual
+@dataclass(frozen=True)
+class Branch:
+    """`branch { ... }` inside a `parallel`; an empty body is the identity."""
+
+    body: tuple[Statement, ...]
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """`parallel MERGE { branch {...} ... }`: every branch reads the input; add or concat merges them."""
+
+    merge: str
+    merge_loc: Loc
+    branches: tuple[Branch, ...]
+    loc: Loc
+
+
+Statement = Input | Layer | Repeat | Residual | Parallel
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,16 @@ from dataclasses import dataclass, field
 from netc.dsl import ast
 from netc.dsl.args import bind, did_you_mean
 from netc.dsl.errors import Diagnostic, Loc, NetError
-from netc.dsl.ir import Graph, Node, Shape, TrainConfig
-from netc.dsl.ops import OPS, ShapeError, fmt_shape, numel
+from netc.dsl.ir import INPUT, Graph, Node, Shape, TrainConfig
+from netc.dsl.ops import ACTIVATIONS, MERGES, OPS, ShapeError, fmt_shape, merge_flops, merge_shape, numel
 from netc.dsl.parser import parse_program
 from netc.dsl.train import SETTINGS, check_train
 
 # dataset -> (values in one sample, classes); the packaged data and IDX files agree
 MAX_LAYERS = 100_000  # a bound on `repeat` expansion, so a typo cannot hang the checker
-Step = tuple[Node | None, Shape | None]  # a statement's node (None after an error) and its output shape
+# a statement's nodes, the name of the node holding its output, and its output shape (None after an error)
+Step = tuple[list[Node], str | None, Shape | None]
+_BLOCKS = (ast.Layer, ast.Repeat, ast.Residual, ast.Parallel)
 DATASET_SHAPES: dict[str, tuple[int, int]] = {"mnist": (784, 10), "fashion_mnist": (784, 10)}
 
 
@@ -147,7 +149,7 @@ class _Checker:
     def _net(self, net: ast.NetBlock, train: TrainConfig) -> Graph | None:
         statements = net.body
         inputs = [s for s in statements if isinstance(s, ast.Input)]
-        if not any(isinstance(s, (ast.Layer, ast.Repeat, ast.Residual)) for s in statements):
+        if not any(isinstance(s, _BLOCKS) for s in statements):
             self._error(net.loc, f"empty net '{net.name}': give `input [...]` and at least one layer")
             return None
         if not inputs:
@@ -159,7 +161,7 @@ class _Checker:
         if statements[0] is not inputs[0]:
             self._error(inputs[0].loc, "`input` must be the first statement of the net")
         layers = [s for s in statements if not isinstance(s, ast.Input)]  # nested ones are caught later
-        nodes, out_shape = self._sequence(tuple(layers), input_shape, "")
+        nodes, _, out_shape = self._sequence(tuple(layers), INPUT, input_shape, "")
         self._dataset(train, inputs[0], input_shape, nodes, out_shape)
         if self.problems or input_shape is None:
             return None
@@ -187,15 +189,14 @@ class _Checker:
 
     # --- statements ---------------------------------------------------------------------------
 
-    def _sequence(self, statements: tuple,
-                  shape: Shape | None, prefix: str) -> tuple[list[Node], Shape | None]:
-        """Expand statements into Nodes named prefix + index; thread the shape through them."""
+    def _sequence(self, statements: tuple, source: str | None,
+                  shape: Shape | None, prefix: str) -> Step:
+        """Expand statements into Nodes named prefix + index, each reading the one before; thread shapes."""
         nodes: list[Node] = []
-        for statement in self._expanded(statements):
-            node, shape = self._statement(statement, shape, f"{prefix}{len(nodes)}")
-            if node is not None:
-                nodes.append(node)
-        return nodes, shape
+        for index, statement in enumerate(self._expanded(statements)):
+            made, source, shape = self._statement(statement, source, shape, f"{prefix}{index}")
+            nodes.extend(made)
+        return nodes, source, shape
 
     def _expanded(self, statements: tuple) -> list:
         """Unroll `repeat` blocks: each copy is the same statement object, checked once per copy."""
@@ -224,30 +225,62 @@ class _Checker:
             return 1
         return count.value
 
-    def _statement(self, statement: object, shape: Shape | None, name: str) -> Step:
+    def _statement(self, statement: object, source: str | None, shape: Shape | None, name: str) -> Step:
         if isinstance(statement, ast.Input):
             self._error(statement.loc, "`input` must be the first statement of the net, and only there")
-            return None, shape
+            return [], source, shape
         if isinstance(statement, ast.Residual):
-            return self._residual(statement, shape, name)
+            return self._residual(statement, source, shape, name)
+        if isinstance(statement, ast.Parallel):
+            return self._parallel(statement, source, shape, name)
         assert isinstance(statement, ast.Layer), statement
-        return self._layer(statement, shape, name)
+        node, out = self._layer(statement, source, shape, name)
+        return ([node] if node else []), (name if node else None), out
 
-    def _residual(self, statement: ast.Residual, shape: Shape | None, name: str) -> Step:
+    def _residual(self, statement: ast.Residual, source: str | None, shape: Shape | None, name: str) -> Step:
+        """x + body(x): the body's nodes, then an `add` node reading x and the body's output."""
         if not any(not isinstance(s, ast.Input) for s in statement.body):
             self._error(statement.loc, "empty `residual` body: put at least one layer inside")
-        body, out = self._sequence(statement.body, shape, name + ".")
-        if shape is None or out is None or not self.shape_known:
-            return None, None
+        body, body_out, out = self._sequence(statement.body, source, shape, name + ".")
+        if source is None or shape is None or body_out is None or out is None or not self.shape_known:
+            return [], None, None
         if out != shape:
             self._error(statement.loc, f"the `residual` body changes the shape from {fmt_shape(shape)} to "
                         f"{fmt_shape(out)}; x + body(x) needs them equal", shape=True)
-            return None, None
-        flops = sum(node.flops for node in body) + numel(shape)  # the body, then one add per element
-        node = Node(name, "residual", {}, shape, shape, {}, flops, statement.loc, tuple(body))
-        return node, shape
+            return [], None, None
+        add = Node(name, "add", {"block": "residual"}, (source, body_out), (shape, shape), shape, (),
+                   numel(shape), statement.loc)
+        return [*body, add], name, shape
 
-    def _layer(self, layer: ast.Layer, shape: Shape | None, name: str) -> Step:
+    def _parallel(self, statement: ast.Parallel, source: str | None, shape: Shape | None, name: str) -> Step:
+        """Every branch reads the input; an `add` or `concat` node named `name` merges their outputs."""
+        merge = statement.merge
+        if merge not in MERGES:
+            hint = did_you_mean(merge, MERGES) or " (use add or concat)"
+            self._error(statement.merge_loc, f"unknown merge '{merge}' for `parallel`{hint}")
+        if not statement.branches:
+            self._error(statement.loc, "`parallel` without branches: give it `branch { ... }` blocks")
+        nodes: list[Node] = []
+        outputs: list[tuple[str | None, Shape | None]] = []
+        for index, branch in enumerate(statement.branches):
+            body, out_name, out = self._sequence(branch.body, source, shape, f"{name}.{index}.")
+            nodes.extend(body)
+            outputs.append((out_name, out) if branch.body else (source, shape))
+        known = [out for _, out in outputs if out is not None]
+        if merge not in MERGES or not outputs or len(known) < len(outputs) or not self.shape_known:
+            return [], None, None
+        try:
+            merged = merge_shape(merge, known)
+        except ShapeError as error:
+            self._error(statement.loc, str(error), shape=True)
+            return [], None, None
+        inputs = tuple(out_name for out_name, _ in outputs if out_name is not None)
+        node = Node(name, merge, {"block": "parallel"}, inputs, tuple(known), merged, (),
+                    merge_flops(merge, known, merged), statement.loc)
+        return [*nodes, node], name, merged
+
+    def _layer(self, layer: ast.Layer, source: str | None, shape: Shape | None,
+               name: str) -> tuple[Node | None, Shape | None]:
         op = OPS.get(layer.name)
         if op is None:
             self._error(layer.loc, _unknown_layer(layer.name))
@@ -261,7 +294,7 @@ class _Checker:
         if message:
             self._error(layer.loc, message)
             return None, None
-        if shape is None or not self.shape_known:
+        if source is None or shape is None or not self.shape_known:
             return None, None
         try:
             out = op.shape(attrs, shape)
@@ -271,8 +304,8 @@ class _Checker:
                 message += f" (input {fmt_shape(shape)})"
             self._error(layer.loc, message, shape=True)
             return None, None
-        node = Node(name, layer.name, attrs, shape, out, op.params(attrs, shape), op.flops(attrs, shape, out),
-                    layer.loc)
+        node = Node(name, layer.name, attrs, (source,), (shape,), out, op.state(attrs, shape),
+                    op.flops(attrs, shape, out), layer.loc)
         return node, out
 
     # --- the dataset -------------------------------------------------------------------------
@@ -307,35 +340,30 @@ def _unknown_layer(name: str) -> str:
 
 # --- warnings: legal programs that probably do not mean what they say ----------------------------
 
-_ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu")
-
-
 def find_warnings(graph: Graph) -> list[tuple[Loc, str]]:
     """Every warning, in source order (each source line warned about once)."""
     found: list[tuple[Loc, str]] = []
-    _walk(graph.nodes, found)
+    _walk(graph, found)
     if graph.nodes:
         last = graph.nodes[-1]
         if last.op == "dropout":
             found.append((last.loc, "`dropout` as the last layer zeroes logits at random in training; "
                           "put it before the last `linear`"))
-        elif last.op in _ACTIVATIONS:
+        elif last.op in ACTIVATIONS:
             found.append((last.loc, f"the last layer `{last.op}` squashes the logits before "
                           "cross_entropy; end with `linear` instead"))
     unique = sorted(set(found), key=lambda item: (item[0].line, item[0].column, item[1]))
     return unique
 
 
-def _walk(nodes: tuple[Node, ...], found: list[tuple[Loc, str]]) -> None:
-    previous: Node | None = None
-    for node in nodes:
-        if node.op in _ACTIVATIONS and previous is not None and previous.op in _ACTIVATIONS:
+def _walk(graph: Graph, found: list[tuple[Loc, str]]) -> None:
+    by_name = {node.name: node for node in graph.nodes}
+    for node in graph.nodes:
+        previous = by_name.get(node.inputs[0]) if len(node.inputs) == 1 else None
+        if node.op in ACTIVATIONS and previous is not None and previous.op in ACTIVATIONS:
             found.append((node.loc, f"`{node.op}` right after `{previous.op}`: two activations in a row "
                           "are rarely wanted"))
         if node.op == "flatten" and len(node.in_shape) == 1:
             found.append((node.loc, "`flatten` on a vector does nothing; remove it"))
         if node.op == "dropout" and node.attrs["p"] == 0:
             found.append((node.loc, "`dropout 0` does nothing; remove it"))
-        if node.op == "residual":
-            _walk(node.body, found)
-        previous = node

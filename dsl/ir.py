@@ -1,26 +1,25 @@
-"""The checked program: syntax tree -> Graph (flat Nodes with shapes, parameters, FLOPs) + TrainConfig.
+"""The checked program: syntax tree -> Graph (a DAG of Nodes with shapes, state, FLOPs) + TrainConfig.
 
 This is the contract between the front end (`netc.dsl`) and the runtime
 (`netc.runtime`). Every value here is resolved: defaults filled in, ints
 expanded to pairs, `repeat` unrolled, shapes inferred. Shapes are per sample
 (no batch dimension).
 
-Node attributes per op (all keys always present):
+The graph is a DAG in topological order: each Node names the nodes it reads
+(`inputs`; `INPUT` is the net's input) and the last node is the output.
+`residual { body }` at statement i becomes its body's nodes ("i.0", "i.1", ...)
+plus an `add` node named "i" reading the residual's input and the body's
+output; `parallel add|concat { branch {...} ... }` becomes each branch's nodes
+("i.b.j") plus an `add` or `concat` node "i" reading every branch's output (an
+empty branch contributes the parallel's input itself). So a node's name is
+also its state's prefix, as an nn.Sequential / nn.ModuleList nesting would
+name it.
 
-- conv2d:     out_channels:int, kernel:(kh,kw), stride:(sh,sw),
-              padding:(ph,pw) | "same", dilation:(dh,dw), groups:int, bias:bool
-- maxpool2d:  kernel:(kh,kw), stride:(sh,sw), padding:(ph,pw),
-              dilation:(dh,dw), ceil_mode:bool
-- avgpool2d:  kernel:(kh,kw), stride:(sh,sw), padding:(ph,pw),
-              ceil_mode:bool, count_include_pad:bool
-- linear:     out_features:int, bias:bool      (applies to the last dimension)
-- flatten, relu, tanh, sigmoid:  no attributes
-- leaky_relu: slope:float
-- dropout:    p:float
-- rnn:        hidden:int, activation:"tanh"|"relu", layers:int,
-              output:"last"|"sequence", bias:bool
-- lstm, gru:  hidden:int, layers:int, output:"last"|"sequence", bias:bool
-- residual:   no attributes; `body` holds the wrapped nodes
+Node attributes per op (all keys always present) are the op table's
+arguments (dsl/ops.py), in its order; `add` and `concat` have
+`block: "residual" | "parallel"`. Passes over the graph (runtime/passes.py)
+may add epilogue attributes to conv2d/linear nodes: `activation`, `slope`,
+`batchnorm` (the name of a batchnorm node folded into the weights).
 """
 
 from __future__ import annotations
@@ -32,31 +31,68 @@ from collections.abc import Mapping
 from netc.dsl.errors import Loc
 
 Shape = tuple[int, ...]
+INPUT = "input"  # the name by which nodes read the net's input
+
+
+@dataclass(frozen=True)
+class State:
+    """One tensor a node owns: a parameter (trained) or a buffer (running statistics, counters).
+
+    `init` says how it starts, as PyTorch's layers start it: "uniform" draws from
+    [-bound, bound] (in declaration order, from the global RNG), "zeros", "ones".
+    `dtype` is "float" (the network's dtype) or "long" (a counter).
+    """
+
+    name: str
+    shape: Shape
+    init: str
+    bound: float = 0.0
+    buffer: bool = False
+    dtype: str = "float"
+
+    def describe(self) -> str:
+        start = f"uniform(±{self.bound:.4g})" if self.init == "uniform" else self.init
+        kind = "buffer" if self.buffer else "param"
+        dtype = "" if self.dtype == "float" else f" {self.dtype}"
+        return f"{kind} {self.name} {list(self.shape)}{dtype} = {start}"
 
 
 @dataclass(frozen=True)
 class Node:
-    """One layer of the expanded stack.
+    """One layer (or merge) of the DAG.
 
-    `name` is its parameter prefix: "3" for the fourth layer of the net,
-    "3.1" for the second layer inside a `residual` at position 3. Parameter
-    names and shapes are PyTorch's (`weight`, `bias`, `weight_ih_l0`, ...).
+    `name` is its state prefix and its id: "3" for statement 3 of the net,
+    "3.1" for statement 1 of a `residual` at 3, "3.0.1" for statement 1 of
+    branch 0 of a `parallel` at 3. State names and shapes are PyTorch's
+    (`weight`, `bias`, `weight_ih_l0`, `running_mean`, ...).
     """
 
     name: str
     op: str
     attrs: Mapping[str, Any]
-    in_shape: Shape
+    inputs: tuple[str, ...]  # the names of the nodes it reads, in argument order
+    in_shapes: tuple[Shape, ...]  # their output shapes
     out_shape: Shape
-    params: Mapping[str, Shape]  # parameter name -> shape, in PyTorch's order
+    state: tuple[State, ...]  # parameters and buffers, in PyTorch's order
     flops: int  # forward FLOPs per sample (a multiply-add counts 2)
     loc: Loc
-    body: tuple[Node, ...] = ()  # only for residual
+
+    @property
+    def in_shape(self) -> Shape:
+        return self.in_shapes[0]
+
+    @property
+    def params(self) -> dict[str, Shape]:
+        """Parameter name -> shape, in PyTorch's order."""
+        return {item.name: item.shape for item in self.state if not item.buffer}
+
+    @property
+    def buffers(self) -> dict[str, Shape]:
+        return {item.name: item.shape for item in self.state if item.buffer}
 
     @property
     def param_count(self) -> int:
-        own = sum(_numel(shape) for shape in self.params.values())
-        return own + sum(child.param_count for child in self.body)
+        return sum(_numel(item.shape) for item in self.state if not item.buffer)
 
 
 @dataclass(frozen=True)
@@ -102,13 +138,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Graph:
-    """A whole checked `.net` program."""
+    """A whole checked `.net` program: the DAG of its layers, in topological order."""
 
     name: str  # the net's name
     path: str  # the file it came from ("<string>" for source text)
     source: str  # the full source text (checkpoints record it)
     input_shape: Shape
-    nodes: tuple[Node, ...]
+    nodes: tuple[Node, ...]  # topological order; the last one is the output
     train: TrainConfig
     input_loc: Loc
 
@@ -117,12 +153,31 @@ class Graph:
         return self.nodes[-1].out_shape if self.nodes else self.input_shape
 
     @property
+    def output(self) -> str:
+        """The name of the node whose value the network returns."""
+        return self.nodes[-1].name if self.nodes else INPUT
+
+    @property
     def param_count(self) -> int:
         return sum(node.param_count for node in self.nodes)
 
     @property
     def flops(self) -> int:
         return sum(node.flops for node in self.nodes)
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def consumers(self) -> dict[str, list[str]]:
+        """Node name (or INPUT) -> the names of the nodes that read it, in order."""
+        readers: dict[str, list[str]] = {INPUT: [], **{node.name: [] for node in self.nodes}}
+        for node in self.nodes:
+            for source in node.inputs:
+                readers[source].append(node.name)
+        return readers
 
 
 def _numel(shape: Shape) -> int:

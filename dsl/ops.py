@@ -10,17 +10,25 @@ multiply-add counting 2:
   multiply in training); flatten: 0;
 - rnn, lstm, gru: per step and layer, 2 per multiply-add of both matrix products, 1 per
   bias element, and the elementwise gate arithmetic (rnn H, lstm 9H, gru 11H);
-- residual (in dsl.check): its body plus 1 per element for the add.
+- add (a residual's or a parallel's merge): 1 per output element per extra input; concat: 0.
+
+Each row also names the backend functions its layer calls (`kernels`, the
+`torch.nn.functional` names that runtime/backends.py provides on both backends),
+how its arguments are passed to them (`keywords`: attr -> keyword, for the
+activations), and whether it can run as a conv2d/linear epilogue (`epilogue`).
+State (parameters and buffers) is declared with PyTorch's names, shapes and
+initialisation (dsl.ir.State).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from netc.dsl.args import REQUIRED, ArgSpec
-from netc.dsl.ir import Shape
+from netc.dsl.ir import Shape, State
 
 Attrs = dict[str, Any]
 
@@ -31,16 +39,23 @@ class ShapeError(Exception):
 
 @dataclass(frozen=True)
 class OpSpec:
-    """One layer: its arguments (in attr order) and three rules over (attrs, input shape)."""
+    """One layer: its arguments (in attr order), three rules over (attrs, input shape), its kernels."""
 
     name: str
     args: tuple[ArgSpec, ...]
     shape: Callable[[Attrs, Shape], Shape]  # raises ShapeError
-    params: Callable[[Attrs, Shape], dict[str, Shape]]
+    state: Callable[[Attrs, Shape], tuple[State, ...]]  # parameters and buffers
     flops: Callable[[Attrs, Shape, Shape], int]
+    kernels: tuple[str, ...] = ()  # the backend functions (F names) its layer module calls
     # fills defaults that depend on other arguments, checks rules between them; a message if broken
     resolve: Callable[[Attrs], str | None] = lambda attrs: None
-    activation: bool = False  # elementwise, no parameters
+    activation: bool = False  # elementwise, no state: one backend function of (input, **keywords)
+    keywords: Mapping[str, str] = field(default_factory=dict)  # attr -> the function's keyword, if renamed
+    epilogue: bool = False  # the conv2d/linear kernels can apply it in their epilogue (the fusion pass)
+
+    def call_keywords(self, attrs: Attrs) -> dict[str, Any]:
+        """An activation's attrs as its backend function's keyword arguments."""
+        return {self.keywords.get(name, name): value for name, value in attrs.items()}
 
 
 def fmt_shape(shape: Shape) -> str:
@@ -54,8 +69,22 @@ def numel(shape: Shape) -> int:
     return count
 
 
-def _none(attrs: Attrs, shape: Shape) -> dict[str, Shape]:
-    return {}
+def _none(attrs: Attrs, shape: Shape) -> tuple[State, ...]:
+    return ()
+
+
+def _kaiming_bound(fan_in: int) -> float:
+    """torch.nn.init.kaiming_uniform_(a=sqrt(5))'s bound, computed as PyTorch computes it (bit for bit)."""
+    gain = math.sqrt(2.0 / (1 + math.sqrt(5) ** 2))
+    return math.sqrt(3.0) * (gain / math.sqrt(fan_in))
+
+
+def _weight_and_bias(weight: Shape, fan_in: int, bias: int | None) -> tuple[State, ...]:
+    """conv2d/linear: weight kaiming-uniform, bias uniform(±1/sqrt(fan_in)), as torch.nn draws them."""
+    state = [State("weight", weight, "uniform", _kaiming_bound(fan_in))]
+    if bias is not None:
+        state.append(State("bias", (bias,), "uniform", 1 / math.sqrt(fan_in)))
+    return tuple(state)
 
 
 def _same(attrs: Attrs, shape: Shape) -> Shape:
@@ -119,12 +148,11 @@ def _conv_resolve(attrs: Attrs) -> str | None:
     return None
 
 
-def _conv_params(attrs: Attrs, shape: Shape) -> dict[str, Shape]:
+def _conv_state(attrs: Attrs, shape: Shape) -> tuple[State, ...]:
     kh, kw = attrs["kernel"]
-    params = {"weight": (attrs["out_channels"], shape[0] // attrs["groups"], kh, kw)}
-    if attrs["bias"]:
-        params["bias"] = (attrs["out_channels"],)
-    return params
+    channels = shape[0] // attrs["groups"]
+    bias = attrs["out_channels"] if attrs["bias"] else None
+    return _weight_and_bias((attrs["out_channels"], channels, kh, kw), channels * kh * kw, bias)
 
 
 def _conv_flops(attrs: Attrs, in_shape: Shape, out_shape: Shape) -> int:
@@ -168,11 +196,9 @@ def _linear_shape(attrs: Attrs, shape: Shape) -> Shape:
     return (*shape[:-1], attrs["out_features"])
 
 
-def _linear_params(attrs: Attrs, shape: Shape) -> dict[str, Shape]:
-    params = {"weight": (attrs["out_features"], shape[-1])}
-    if attrs["bias"]:
-        params["bias"] = (attrs["out_features"],)
-    return params
+def _linear_state(attrs: Attrs, shape: Shape) -> tuple[State, ...]:
+    bias = attrs["out_features"] if attrs["bias"] else None
+    return _weight_and_bias((attrs["out_features"], shape[-1]), shape[-1], bias)
 
 
 def _linear_flops(attrs: Attrs, in_shape: Shape, out_shape: Shape) -> int:
@@ -201,18 +227,19 @@ def _recurrent_shape(op: str) -> Callable[[Attrs, Shape], Shape]:
     return rule
 
 
-def _recurrent_params(op: str) -> Callable[[Attrs, Shape], dict[str, Shape]]:
-    def rule(attrs: Attrs, shape: Shape) -> dict[str, Shape]:
+def _recurrent_state(op: str) -> Callable[[Attrs, Shape], tuple[State, ...]]:
+    def rule(attrs: Attrs, shape: Shape) -> tuple[State, ...]:
         hidden, rows = attrs["hidden"], _GATES[op] * attrs["hidden"]
-        params: dict[str, Shape] = {}
+        bound = 1.0 / math.sqrt(hidden)  # torch.nn.RNNBase: every parameter uniform(±1/sqrt(hidden))
+        shapes: dict[str, Shape] = {}
         for layer in range(attrs["layers"]):
             features = shape[-1] if layer == 0 else hidden
-            params[f"weight_ih_l{layer}"] = (rows, features)
-            params[f"weight_hh_l{layer}"] = (rows, hidden)
+            shapes[f"weight_ih_l{layer}"] = (rows, features)
+            shapes[f"weight_hh_l{layer}"] = (rows, hidden)
             if attrs["bias"]:
-                params[f"bias_ih_l{layer}"] = (rows,)
-                params[f"bias_hh_l{layer}"] = (rows,)
-        return params
+                shapes[f"bias_ih_l{layer}"] = (rows,)
+                shapes[f"bias_hh_l{layer}"] = (rows,)
+        return tuple(State(name, dims, "uniform", bound) for name, dims in shapes.items())
     return rule
 
 
@@ -245,13 +272,15 @@ _OUTPUT = ArgSpec("output", "choice", "last", choices=("last", "sequence"), noun
 _POOL_ARGS = (_pair("kernel", positional=True), _pair("stride", None), _pair("padding", (0, 0), minimum=0))
 
 
-def _activation(name: str, args: tuple[ArgSpec, ...] = ()) -> OpSpec:
-    return OpSpec(name, args, _same, _none, _per_element, activation=True)
+def _activation(name: str, args: tuple[ArgSpec, ...] = (), keywords: Mapping[str, str] | None = None,
+                epilogue: bool = False) -> OpSpec:
+    return OpSpec(name, args, _same, _none, _per_element, (name,), activation=True,
+                  keywords=keywords or {}, epilogue=epilogue)
 
 
 def _recurrent(op: str, extra: tuple[ArgSpec, ...]) -> OpSpec:
     args = (_size("hidden", positional=True), *extra, _LAYERS, _OUTPUT, _BIAS)
-    return OpSpec(op, args, _recurrent_shape(op), _recurrent_params(op), _recurrent_flops(op))
+    return OpSpec(op, args, _recurrent_shape(op), _recurrent_state(op), _recurrent_flops(op), (op,))
 
 
 OPS: dict[str, OpSpec] = {
@@ -259,22 +288,51 @@ OPS: dict[str, OpSpec] = {
         _size("out_channels", positional=True), _pair("kernel"), _pair("stride", (1, 1)),
         ArgSpec("padding", "padding", (0, 0), minimum=0), _pair("dilation", (1, 1)),
         _size("groups", default=1), _BIAS,
-    ), _conv_shape, _conv_params, _conv_flops, _conv_resolve),
+    ), _conv_shape, _conv_state, _conv_flops, ("conv2d", "conv2d_act"), _conv_resolve),
     "maxpool2d": OpSpec("maxpool2d", (*_POOL_ARGS, _pair("dilation", (1, 1)), _CEIL),
-                        _pool_shape("maxpool2d"), _none, _pool_flops, _pool_resolve),
+                        _pool_shape("maxpool2d"), _none, _pool_flops, ("max_pool2d",), _pool_resolve),
     "avgpool2d": OpSpec("avgpool2d", (*_POOL_ARGS, _CEIL, ArgSpec("count_include_pad", "bool", True)),
-                        _pool_shape("avgpool2d"), _none, _pool_flops, _pool_resolve),
+                        _pool_shape("avgpool2d"), _none, _pool_flops, ("avg_pool2d",), _pool_resolve),
     "linear": OpSpec("linear", (_size("out_features", positional=True), _BIAS),
-                     _linear_shape, _linear_params, _linear_flops),
+                     _linear_shape, _linear_state, _linear_flops, ("linear", "linear_act")),
     "flatten": OpSpec("flatten", (), _flatten_shape, _none, lambda attrs, i, o: 0),
-    "relu": _activation("relu"),
-    "tanh": _activation("tanh"),
-    "sigmoid": _activation("sigmoid"),
-    "leaky_relu": _activation("leaky_relu", (ArgSpec("slope", "float", 0.01),)),
+    "relu": _activation("relu", epilogue=True),
+    "tanh": _activation("tanh", epilogue=True),
+    "sigmoid": _activation("sigmoid", epilogue=True),
+    "leaky_relu": _activation("leaky_relu", (ArgSpec("slope", "float", 0.01),),
+                              keywords={"slope": "negative_slope"}, epilogue=True),
     "dropout": OpSpec("dropout", (ArgSpec("p", "float", positional=True, minimum=0.0, below=1.0),),
-                      _same, _none, _per_element),
+                      _same, _none, _per_element, ("dropout",)),
     "rnn": _recurrent("rnn", (ArgSpec("activation", "choice", "tanh", choices=("tanh", "relu"),
                                       noun="activation"),)),
     "lstm": _recurrent("lstm", ()),
     "gru": _recurrent("gru", ()),
 }
+
+ACTIVATIONS: tuple[str, ...] = tuple(name for name, spec in OPS.items() if spec.activation)
+
+
+# --- merges: the `add` / `concat` node a residual or parallel block ends with ----------------------
+
+MERGES = ("add", "concat")
+
+
+def merge_shape(merge: str, shapes: list[Shape]) -> Shape:
+    """The merged shape of the branch outputs, or ShapeError naming each branch's shape."""
+    listed = ", ".join(f"branch {index}: {fmt_shape(shape)}" for index, shape in enumerate(shapes))
+    if merge == "add":
+        if any(shape != shapes[0] for shape in shapes):
+            raise ShapeError(f"`parallel add` needs every branch to output the same shape, got {listed}")
+        return shapes[0]
+    ranks = {len(shape) for shape in shapes}
+    axis = 1 if ranks == {2} else 0  # [C,H,W]: the channels; [F]: the features; [T,F]: F, per step
+    if len(ranks) != 1 or any(shape[:axis] + shape[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]
+                              for shape in shapes):
+        what = "channels" if ranks == {3} else "features"
+        raise ShapeError(f"`parallel concat` joins the {what}, so every other dimension must agree, "
+                         f"got {listed}")
+    return (*shapes[0][:axis], sum(shape[axis] for shape in shapes), *shapes[0][axis + 1:])
+
+
+def merge_flops(merge: str, shapes: list[Shape], out: Shape) -> int:
+    return (len(shapes) - 1) * numel(out) if merge == "add" else 0

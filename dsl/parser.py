@@ -22,7 +22,8 @@ MAX_SYNTAX_ERRORS = 20  # syntax errors reported per file; the rest are likely c
 # Every terminal, in words, for "expected ..." and "unexpected ..." messages.
 _WORDS: dict[str, str] = {
     "NET": "`net`", "TRAIN": "`train`", "INPUT": "`input`", "REPEAT": "`repeat`",
-    "RESIDUAL": "`residual`", "TRUE": "`true`", "FALSE": "`false`", "LBRACE": "`{`", "RBRACE": "`}`",
+    "RESIDUAL": "`residual`", "PARALLEL": "`parallel`", "BRANCH": "`branch`", "TRUE": "`true`",
+    "FALSE": "`false`", "LBRACE": "`{`", "RBRACE": "`}`",
     "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`", "COMMA": "`,`", "EQUALS": "`=`",
     "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
     "_NL": "the end of the line", "$END": "the end of the file",
@@ -30,8 +31,9 @@ _WORDS: dict[str, str] = {
 # The terminals that can start a value: when all are expected, say "a value" once.
 _VALUE_STARTS = frozenset({"INT", "FLOAT", "TRUE", "FALSE", "NAME", "STRING", "LPAR", "LSQB"})
 # Their order in messages: what a reader looks for first.
-_ORDER = ["NAME", "INPUT", "REPEAT", "RESIDUAL", "NET", "TRAIN", "INT", "FLOAT", "STRING", "TRUE",
-          "FALSE", "LPAR", "LSQB", "EQUALS", "COMMA", "RPAR", "RSQB", "LBRACE", "RBRACE", "_NL", "$END"]
+_ORDER = ["NAME", "INPUT", "REPEAT", "RESIDUAL", "PARALLEL", "BRANCH", "NET", "TRAIN", "INT", "FLOAT",
+          "STRING", "TRUE", "FALSE", "LPAR", "LSQB", "EQUALS", "COMMA", "RPAR", "RSQB", "LBRACE", "RBRACE",
+          "_NL", "$END"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -171,13 +173,21 @@ class _ToAst(Transformer):
 
     @staticmethod
     def _body(children: list) -> tuple:
-        return tuple(c for c in children if isinstance(c, (ast.Input, ast.Layer, ast.Repeat, ast.Residual)))
+        return tuple(c for c in children if isinstance(c, (ast.Input, ast.Layer, ast.Repeat, ast.Residual,
+                                                             ast.Parallel)))
 
     def repeat_stmt(self, children: list) -> ast.Repeat:
         return ast.Repeat(children[1], self._body(children[2:]), self._loc(children[0]))
 
     def residual_stmt(self, children: list) -> ast.Residual:
         return ast.Residual(self._body(children), self._loc(children[0]))
+
+    def parallel_stmt(self, children: list) -> ast.Parallel:
+        branches = tuple(c for c in children if isinstance(c, ast.Branch))
+        return ast.Parallel(str(children[1]), self._loc(children[1]), branches, self._loc(children[0]))
+
+    def branch(self, children: list) -> ast.Branch:
+        return ast.Branch(self._body(children), self._loc(children[0]))
 
     def net_block(self, children: list) -> ast.NetBlock:
         return ast.NetBlock(str(children[1]), self._body(children), self._loc(children[0]),

@@ -22,24 +22,31 @@ def layer_text(graph: Graph, node: Node) -> str:
     return " ".join(text.replace("{", " ").split()) or node.op
 
 
+def name_key(name: str) -> tuple[int, ...]:
+    """Statement order: a block's merge node ("3") before its body ("3.0", "3.1.0"), as written."""
+    return tuple(int(part) for part in name.split("."))
+
+
+def _depth(name: str, names: set[str]) -> int:
+    """How many blocks (residual, parallel) enclose the node: its ancestors that are nodes themselves."""
+    parts = name.split(".")
+    return sum(".".join(parts[:end]) in names for end in range(1, len(parts)))
+
+
 def rows(graph: Graph) -> list[dict[str, Any]]:
-    """One row per expanded layer, residual bodies after their `residual` row; own params and FLOPs."""
+    """One row per node in statement order (a block's merge row, then its body); own params and FLOPs."""
+    names = {node.name for node in graph.nodes}
     out: list[dict[str, Any]] = []
-
-    def visit(nodes: tuple[Node, ...], depth: int) -> None:
-        for node in nodes:
-            own_flops = node.flops - sum(child.flops for child in node.body)
-            own_params = node.param_count - sum(child.param_count for child in node.body)
-            out.append({
-                "line": node.loc.line, "name": node.name, "op": node.op, "depth": depth,
-                "layer": layer_text(graph, node), "output_shape": list(node.out_shape),
-                "params": own_params, "flops": own_flops,
-                "attrs": {key: _jsonable(value) for key, value in node.attrs.items()},
-                "param_shapes": {key: list(shape) for key, shape in node.params.items()},
-            })
-            visit(node.body, depth + 1)
-
-    visit(graph.nodes, 0)
+    for node in sorted(graph.nodes, key=lambda item: name_key(item.name)):
+        out.append({
+            "line": node.loc.line, "name": node.name, "op": node.op, "depth": _depth(node.name, names),
+            "layer": layer_text(graph, node), "inputs": list(node.inputs),
+            "output_shape": list(node.out_shape), "params": node.param_count,
+            "buffers": sum(_numel(shape) for shape in node.buffers.values()), "flops": node.flops,
+            "attrs": {key: _jsonable(value) for key, value in node.attrs.items()},
+            "param_shapes": {key: list(shape) for key, shape in node.params.items()},
+            "buffer_shapes": {key: list(shape) for key, shape in node.buffers.items()},
+        })
     return out
 
 
@@ -50,17 +57,27 @@ def table_dict(graph: Graph) -> dict[str, Any]:
     return {
         "net": graph.name, "path": graph.path, "input_shape": list(graph.input_shape),
         "output_shape": list(graph.output_shape), "layers": rows(graph),
-        "total_params": graph.param_count, "total_flops": graph.flops, "train": _jsonable(train),
+        "total_params": graph.param_count, "total_buffers": _buffer_count(graph),
+        "total_flops": graph.flops, "train": _jsonable(train),
     }
 
 
 def format_table(graph: Graph) -> str:
-    """The compile table as text: one row per expanded layer, then the totals."""
-    body = [(str(row["line"]), row["name"], "  " * row["depth"] + row["layer"],
-             fmt_shape(tuple(row["output_shape"])), f"{row['params']:,}", f"{row['flops']:,}")
-            for row in rows(graph)]
-    widths = [max(len(cells[i]) for cells in [_HEADER, *body]) for i in range(len(_HEADER))]
-    right = {0, 4, 5}  # numbers align right
+    """The compile table as text: one row per expanded layer, then the totals.
+
+    A `buffers` column (running statistics) appears only for nets that have buffers.
+    """
+    with_buffers = _buffer_count(graph) > 0
+    header = _HEADER[:5] + ("buffers",) + _HEADER[5:] if with_buffers else _HEADER
+    body = []
+    for row in rows(graph):
+        cells = [str(row["line"]), row["name"], "  " * row["depth"] + row["layer"],
+                 fmt_shape(tuple(row["output_shape"])), f"{row['params']:,}", f"{row['flops']:,}"]
+        if with_buffers:
+            cells.insert(5, f"{row['buffers']:,}")
+        body.append(tuple(cells))
+    widths = [max(len(cells[i]) for cells in [header, *body]) for i in range(len(header))]
+    right = {0, *range(4, len(header))}  # numbers align right
 
     def line(cells: tuple[str, ...]) -> str:
         padded = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
@@ -68,37 +85,48 @@ def format_table(graph: Graph) -> str:
         return "  ".join(padded).rstrip()
 
     rule = "-" * len(line(tuple("-" * w for w in widths)))
-    text = [f"net {graph.name} ({graph.path})", line(_HEADER), rule, *(line(cells) for cells in body), rule]
+    text = [f"net {graph.name} ({graph.path})", line(header), rule, *(line(cells) for cells in body), rule]
+    buffers = f", {_buffer_count(graph):,} buffer values" if with_buffers else ""
     text.append(f"input {fmt_shape(graph.input_shape)} -> output {fmt_shape(graph.output_shape)}: "
-                f"{len(body)} layers, {graph.param_count:,} parameters, "
+                f"{len(body)} layers, {graph.param_count:,} parameters{buffers}, "
                 f"{graph.flops:,} forward FLOPs per sample")
     return "\n".join(text)
 
 
-def format_ir(graph: Graph) -> str:
-    """Every resolved node with its attributes, parameter shapes and FLOPs, then the train config."""
-    out = [f"graph {graph.name} ({graph.path}): input {fmt_shape(graph.input_shape)} -> "
-           f"{fmt_shape(graph.output_shape)}"]
+def format_ir(graph: Graph, title: str = "") -> str:
+    """The DAG: each node as `name = op(inputs)`, its shapes, attributes, state, FLOPs; then the train config.
 
-    def visit(nodes: tuple[Node, ...], indent: str) -> None:
-        for node in nodes:
-            shapes = f"{fmt_shape(node.in_shape)} -> {fmt_shape(node.out_shape)}"
-            where = f"line {node.loc.line}, column {node.loc.column}"
-            out.append(f"{indent}{node.name}: {node.op} {shapes}  ({where})")
-            if node.attrs:
-                out.append(f"{indent}    attrs: " + ", ".join(f"{k}={v!r}" for k, v in node.attrs.items()))
-            if node.params:
-                out.append(f"{indent}    params: " + ", ".join(f"{k} {v}" for k, v in node.params.items()))
-            out.append(f"{indent}    flops: {node.flops:,}")
-            visit(node.body, indent + "    ")
-
-    visit(graph.nodes, "  ")
+    `title` replaces the heading and leaves out the train config (the IR after a pass).
+    """
+    out = [title or f"graph {graph.name} ({graph.path}): input {fmt_shape(graph.input_shape)} -> "
+           f"{fmt_shape(graph.output_shape)}, output node {graph.output}"]
+    for node in graph.nodes:
+        shapes = " + ".join(fmt_shape(shape) for shape in node.in_shapes) + f" -> {fmt_shape(node.out_shape)}"
+        where = f"line {node.loc.line}, column {node.loc.column}"
+        out.append(f"  {node.name} = {node.op}({', '.join(node.inputs)})  {shapes}  ({where})")
+        if node.attrs:
+            out.append("      attrs: " + ", ".join(f"{k}={v!r}" for k, v in node.attrs.items()))
+        out.extend(f"      {item.describe()}" for item in node.state)
+        out.append(f"      flops: {node.flops:,}")
+    if title:
+        return "\n".join(out)
     train = graph.train
     out.append("train:")
     for field in dataclasses.fields(train):
         if field.name != "locs":
             out.append(f"  {field.name}: {getattr(train, field.name)!r}")
     return "\n".join(out)
+
+
+def _buffer_count(graph: Graph) -> int:
+    return sum(_numel(shape) for node in graph.nodes for shape in node.buffers.values())
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
 
 
 def format_ast(program: ast.Program) -> str:
@@ -125,6 +153,11 @@ def _statements(statements: tuple, indent: str, out: list[str]) -> None:
         elif isinstance(statement, ast.Repeat):
             out.append(f"{indent}repeat {statement.count.text()}  @{_at(statement.loc)}")
             _statements(statement.body, indent + "  ", out)
+        elif isinstance(statement, ast.Parallel):
+            out.append(f"{indent}parallel {statement.merge}  @{_at(statement.loc)}")
+            for branch in statement.branches:
+                out.append(f"{indent}  branch  @{_at(branch.loc)}")
+                _statements(branch.body, indent + "    ", out)
         else:
             out.append(f"{indent}residual  @{_at(statement.loc)}")
             _statements(statement.body, indent + "  ", out)

@@ -2,17 +2,35 @@
 
 Before any family module imports triton, `ensure_backend` picks Triton's
 interpreter when torch sees no CUDA GPU (or keeps a `TRITON_INTERPRET` the
-caller already set, as `--device cpu` does). The public names are imported
-eagerly on purpose: a lazy lookup would be shadowed by the family module of
-the same name (`netc.kernels.linear`, `netc.kernels.dropout`) once that
-module is imported.
+caller already set, as `--device cpu` does): kernels/config.py is the one
+place that decides.
+
+Why `netc.kernels.linear` is the function even though a module of that name
+exists: Python sets a package attribute to a submodule only when it first
+loads that submodule. This file first imports every family module (FAMILIES),
+then binds the public names, so the function is the last binding; importing
+an already loaded family module again (`import netc.kernels.linear`,
+`importlib.import_module`) finds it in sys.modules and leaves the package
+attribute alone. A new family module must be listed in FAMILIES (a test
+imports every module of the package and checks every public name is still a
+function). The modules themselves: `family_modules()`.
 """
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 from netc.kernels.config import ensure_backend
 
 ensure_backend()  # decide TRITON_INTERPRET before any family module imports triton
+
+# every module of the package that defines kernels, imported before any public name is bound
+FAMILIES = ("activation", "conv", "dropout", "flat_optim", "layer_norm", "linear", "loss", "norm", "norm_common",
+            "optim", "pool", "recurrent", "recurrent_cells", "recurrent_gemm", "recurrent_steps")
+for _family in FAMILIES:
+    importlib.import_module(f"netc.kernels.{_family}")
+del _family
 
 from netc.kernels.activation import gelu, leaky_relu, relu, sigmoid, silu, tanh  # noqa: E402
 from netc.kernels.conv import conv2d, conv2d_act  # noqa: E402
@@ -25,32 +43,11 @@ from netc.kernels.optim import SGD, Adam, AdamW  # noqa: E402
 from netc.kernels.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d  # noqa: E402
 from netc.kernels.recurrent import gru, lstm, rnn  # noqa: E402
 
-# public name -> the family module that defines it (the plan and tests look kernels up here)
-_EXPORTS: dict[str, str] = {
-    "conv2d": "conv",
-    "conv2d_act": "conv",
-    "max_pool2d": "pool",
-    "avg_pool2d": "pool",
-    "linear": "linear",
-    "linear_act": "linear",
-    "relu": "activation",
-    "tanh": "activation",
-    "sigmoid": "activation",
-    "leaky_relu": "activation",
-    "gelu": "activation",
-    "silu": "activation",
-    "batch_norm": "norm",
-    "layer_norm": "layer_norm",
-    "adaptive_avg_pool2d": "pool",
-    "dropout": "dropout",
-    "cross_entropy": "loss",
-    "SGD": "optim",
-    "Adam": "optim",
-    "AdamW": "optim",
-    "rnn": "recurrent",
-    "lstm": "recurrent",
-    "gru": "recurrent",
-}
+
+def family_modules() -> list[ModuleType]:
+    """The kernel family modules (not the functions some of them share a name with)."""
+    return [importlib.import_module(f"netc.kernels.{family}") for family in FAMILIES]
+
 
 __all__ = [
     "SGD", "Adam", "AdamW", "adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "conv2d", "conv2d_act",

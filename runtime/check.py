@@ -1,10 +1,10 @@
 """`netc check FILE`: each layer and the whole net, Triton kernels vs PyTorch -> error tables, exit 0/1.
 
-Each layer is built twice (Triton and torch backends, the same parameters),
-run forward and backward on the same random input of its in_shape (with the
+Each node is built twice (Triton and torch backends, the same state), run
+forward and backward on the same random inputs of its in_shapes (with the
 batch of --batch) and the same random output gradient; then each fused
 pair (conv2d_act / linear_act against the two PyTorch layers); then the
-whole network (fusions applied on the Triton side, eval mode) plus its loss. The
+whole network (the Triton backend's passes applied, eval mode) plus its loss. The
 error of a tensor is max|a - b| (absolute) and that divided by
 max(max|b|, 1e-6) (relative to the reference's scale, so it stays
 meaningful where the reference is near zero). Layers run in float32; the
@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from netc.dsl.ir import Graph, Node
-from netc.runtime.layers import build_layer
-from netc.runtime.lower import Fusion, Network, compile, find_fusions, fold, resolve_target, walk
+from netc.runtime import backends
+from netc.runtime.layers import Block, build_layer
+from netc.runtime.lower import Fusion, Network, compile, find_fusions, resolve_target
 
 # Default largest relative error: float32 with ieee dots differs from PyTorch only by summation order.
 TOLERANCE_IEEE = 1e-4
@@ -92,51 +93,72 @@ def _tf32_enabled() -> bool:
 
 
 def _forward_backward(
-    module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor | None]]:
-    """Output, input gradient and parameter gradients of one run (grads cleared first)."""
+    module: nn.Module, xs: list[torch.Tensor], grad_out: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor | None], dict[str, torch.Tensor | None]]:
+    """Output, input gradients and parameter gradients of one run (grads cleared first)."""
     module.zero_grad(set_to_none=True)
-    x = x.detach().clone().requires_grad_(True)
-    out = module(x)
+    xs = [x.detach().clone().requires_grad_(True) for x in xs]
+    out = module(*xs)
     out.backward(grad_out)
     grads = {name: p.grad for name, p in module.named_parameters()}
-    return out, x.grad, grads
+    return out, [x.grad for x in xs], grads
+
+
+def _node_module(node: Node, backend: str) -> nn.Module:
+    """The module of one node on a backend: its layer, or for a merge node a Block that merges."""
+    if node.op not in ("add", "concat"):
+        return build_layer(node, backends.get(backend))
+    block = Block()
+    block.merge, block.axis = node.op, 2 if len(node.out_shape) == 2 else 1
+    return block
 
 
 def check_layer(node: Node, device: torch.device, batch: int) -> list[Comparison]:
-    """One layer (a residual with its body) on both backends: output, input grad, parameter grads."""
+    """One node on both backends: output, input grad(s), parameter grads."""
     torch.manual_seed(SEED)
-    reference = build_layer(node, "torch").to(device)
-    triton_layer = build_layer(node, "triton").to(device)
+    reference = _node_module(node, "torch").to(device)
+    triton_layer = _node_module(node, "triton").to(device)
     triton_layer.load_state_dict(reference.state_dict())
-    x = torch.randn(batch, *node.in_shape, device=device)
+    xs = [torch.randn(batch, *shape, device=device) for shape in node.in_shapes]
     if node.op == "dropout":
-        return _check_dropout(node, triton_layer, x)
+        return _check_dropout(node, triton_layer, xs[0])
     grad_out = torch.randn(batch, *node.out_shape, device=device)
-    return _compare_runs(node.name, reference.eval(), triton_layer.eval(), x, grad_out)
+    return _compare_runs(node.name, reference.eval(), triton_layer.eval(), xs, grad_out)
+
+
+class _Epilogue(nn.Sequential):
+    """(producer, activation) run as the fusion pass runs them: the activation in the producer's epilogue."""
+
+    def __init__(self, fusion: Fusion, producer: nn.Module, activation: nn.Module) -> None:
+        super().__init__(producer, activation)
+        self.keywords = {"activation": fusion.activation.op, "slope": fusion.slope}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[0](x, **self.keywords)
 
 
 def check_fusion(fusion: Fusion, device: torch.device, batch: int) -> list[Comparison]:
     """A fused pair (conv2d_act / linear_act) against PyTorch's two separate layers."""
     torch.manual_seed(SEED)
     pair = (fusion.producer, fusion.activation)
-    reference = nn.Sequential(*(build_layer(node, "torch") for node in pair)).to(device).eval()
-    fused = nn.Sequential(*(build_layer(node, "triton") for node in pair)).to(device).eval()
+    reference = nn.Sequential(*(_node_module(node, "torch") for node in pair)).to(device).eval()
+    fused = _Epilogue(fusion, *(_node_module(node, "triton") for node in pair)).to(device).eval()
     fused.load_state_dict(reference.state_dict())
-    fold(fusion, fused[0], fused[1])
     x = torch.randn(batch, *fusion.producer.in_shape, device=device)
     grad_out = torch.randn(batch, *fusion.activation.out_shape, device=device)
     label = f"{fusion.producer.name}+{fusion.activation.name}"
-    return _compare_runs(label, reference, fused, x, grad_out)
+    return _compare_runs(label, reference, fused, [x], grad_out)
 
 
 def _compare_runs(
-    label: str, reference: nn.Module, candidate: nn.Module, x: torch.Tensor, grad_out: torch.Tensor
+    label: str, reference: nn.Module, candidate: nn.Module, xs: list[torch.Tensor], grad_out: torch.Tensor
 ) -> list[Comparison]:
-    """Output, input gradient and each parameter gradient of `candidate` against `reference`."""
-    want_out, want_dx, want_grads = _forward_backward(reference, x, grad_out)
-    got_out, got_dx, got_grads = _forward_backward(candidate, x, grad_out)
-    rows = [compare(label, "output", got_out, want_out), compare(label, "grad input", got_dx, want_dx)]
+    """Output, input gradient(s) and each parameter gradient of `candidate` against `reference`."""
+    want_out, want_dxs, want_grads = _forward_backward(reference, xs, grad_out)
+    got_out, got_dxs, got_grads = _forward_backward(candidate, xs, grad_out)
+    rows = [compare(label, "output", got_out, want_out)]
+    for index, (got_dx, want_dx) in enumerate(zip(got_dxs, want_dxs, strict=True)):
+        rows.append(compare(label, "grad input" + (f" {index}" if len(xs) > 1 else ""), got_dx, want_dx))
     for name in want_grads:
         shown = name.split(".", 1)[1] if label.count("+") else name  # "0.weight" of a pair -> "weight"
         rows.append(compare(label, f"grad {shown}", got_grads[name], want_grads[name]))
@@ -216,8 +238,9 @@ def format_rows(rows: list[Comparison], tolerance: float) -> str:
 def _sections(graph: Graph, device: torch.device, batch: int) -> list[tuple[str, list[Comparison]]]:
     """(title, rows): every layer, every fused pair, then the whole network with its loss."""
     sections = []
-    for node in walk(graph.nodes):
-        title = f"layer {node.name} {node.op} (line {node.loc.line}), input {_batched(batch, node.in_shape)}"
+    for node in graph.nodes:
+        inputs = " + ".join(_batched(batch, shape) for shape in node.in_shapes)
+        title = f"layer {node.name} {_describe(node)} (line {node.loc.line}), input {inputs}"
         sections.append((title, check_layer(node, device, batch)))
     for fusion in find_fusions(graph.nodes):
         title = f"fused {fusion.describe()}, input {_batched(batch, fusion.producer.in_shape)}"
@@ -225,6 +248,13 @@ def _sections(graph: Graph, device: torch.device, batch: int) -> list[tuple[str,
     whole = f"whole network {graph.name} (fused, eval mode) + loss"
     sections.append((whole, check_network(graph, device, batch)))
     return sections
+
+
+def _describe(node: Node) -> str:
+    """The op as the source says it: `residual` or `parallel add` for a block's merge node."""
+    if node.op not in ("add", "concat"):
+        return node.op
+    return "residual" if node.attrs["block"] == "residual" else f"parallel {node.op}"
 
 
 def _batched(batch: int, shape: tuple[int, ...]) -> str:

@@ -47,10 +47,27 @@ def run(args: argparse.Namespace) -> int:
     if args.emit in ("plan", "triton"):
         return _emit_lowered(args.emit, result)
     if args.emit == "ir":
-        print(json.dumps(table_dict(result.graph), indent=2) if args.json else format_ir(result.graph))
+        print(json.dumps(table_dict(result.graph), indent=2) if args.json else _ir_after_passes(result))
         return 0
     print(json.dumps(table_dict(result.graph), indent=2) if args.json else format_table(result.graph))
     return 0
+
+
+def _ir_after_passes(result: CheckResult) -> str:
+    """The checked graph, then the graph after each pass of the Triton backend, in training and in eval."""
+    from netc.runtime.passes import passes
+
+    graph = result.graph
+    texts = [format_ir(graph)]
+    for training in (True, False):
+        lowered = graph
+        for name, rewrite in passes("triton", training):
+            lowered = rewrite(lowered)
+            mode = "training" if training else "eval"
+            changed = len(graph.nodes) - len(lowered.nodes)
+            title = f"after pass {name} (triton backend, {mode}): {changed} node(s) absorbed so far"
+            texts.append(format_ir(lowered, title))
+    return "\n\n".join(texts)
 
 
 def _ast_dict(node: object) -> object:

@@ -1,277 +1,247 @@
-"""IR Node -> one torch.nn.Module layer, bound to the Triton kernels or to PyTorch's operators.
+"""IR Node + Backend -> one torch.nn.Module layer, written once against the backend interface.
 
-Layers with parameters subclass the equivalent `torch.nn` layer, so their
-parameter names, shapes and initialisation are PyTorch's by construction;
-only `forward` differs between the backends. Inputs carry a batch dimension:
-(N, *node.in_shape).
+A layer's state (parameters and buffers) is made from the node's declaration
+(dsl.ir.State: PyTorch's names, shapes and initialisation, drawn in order
+from the global RNG), so state_dict, checkpoints and load_state_dict cover
+buffers with no extra code. Recurrent layers subclass torch.nn.RNN/LSTM/GRU
+instead (PyTorch keeps their weights in one flat buffer for cuDNN); their
+state must equal the declaration all the same. Each forward calls
+`self.ops.<function>` (runtime/backends.py) and never asks which backend it
+is. Inputs carry a batch dimension: (N, *node.in_shape).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from netc.dsl.ir import Node
+from netc.dsl.ir import Node, State
+from netc.dsl.ops import OPS
+from netc.runtime.backends import Backend
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu")
-
-
-def kernel(name: str) -> Callable[..., Any]:
-    """The public Triton kernel `name`, looked up in its family module on every call.
-
-    Not `getattr(netc.kernels, name)`: once `netc.kernels.linear` (the module)
-    is imported, Python binds it as the package attribute `linear`, which
-    then shadows the lazily exported function of the same name.
-    """
-    return getattr(_family(name), name)
+_DTYPES = {"float": None, "long": torch.long}  # None: the default float dtype
 
 
-@functools.cache
-def _family(name: str) -> ModuleType:
-    import netc.kernels  # decides TRITON_INTERPRET before triton loads
-
-    return importlib.import_module(f"netc.kernels.{netc.kernels._EXPORTS[name]}")
-
-
-def torch_activation(x: torch.Tensor, op: str, slope: float) -> torch.Tensor:
-    """PyTorch's version of one of ACTIVATIONS (the reference backend)."""
-    if op == "relu":
-        return F.relu(x)
-    if op == "tanh":
-        return torch.tanh(x)
-    if op == "sigmoid":
-        return torch.sigmoid(x)
-    if op == "leaky_relu":
-        return F.leaky_relu(x, slope)
-    raise NotImplementedError(f"activation {op!r}")
-
-
-class Conv2d(nn.Conv2d):
-    """conv2d (+ an activation folded in by the fusion pass): (N, C, H, W) -> (N, K, OH, OW)."""
-
-    def __init__(self, node: Node, backend: str) -> None:
-        attrs = node.attrs
-        super().__init__(
-            node.in_shape[0], attrs["out_channels"], attrs["kernel"], stride=attrs["stride"],
-            padding=attrs["padding"], dilation=attrs["dilation"], groups=attrs["groups"],
-            bias=attrs["bias"],
-        )
-        self.backend = backend
-        self.activation: str | None = None  # set by the fusion pass (triton only)
-        self.slope = 0.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        args = (x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if self.backend == "torch":
-            return F.conv2d(*args)
-        if self.activation is None:
-            return kernel("conv2d")(*args)  # padding "same" included: the kernel pads as PyTorch does
-        return kernel("conv2d_act")(*args, self.activation, self.slope)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + _fused_repr(self.activation, self.slope)
-
-
-def _fused_repr(activation: str | None, slope: float) -> str:
-    if activation is None:
-        return ""
-    return f", fused={activation}" + (f"(slope={slope})" if activation == "leaky_relu" else "")
-
-
-class Linear(nn.Linear):
-    """linear (+ a fused activation) on the last dimension: (N, F) -> (N, O), (N, T, F) -> (N, T, O)."""
-
-    def __init__(self, node: Node, backend: str) -> None:
-        super().__init__(node.in_shape[-1], node.attrs["out_features"], bias=node.attrs["bias"])
-        self.backend = backend
-        self.activation: str | None = None
-        self.slope = 0.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend == "torch":
-            return F.linear(x, self.weight, self.bias)
-        rows = x.reshape(-1, x.shape[-1])  # (N*T, F): every step is one row of the matmul
-        if self.activation is None:
-            out = kernel("linear")(rows, self.weight, self.bias)
+def make_state(module: nn.Module, state: tuple[State, ...]) -> None:
+    """Register each declared parameter and buffer on `module`, initialised as declared, in order."""
+    for item in state:
+        tensor = torch.empty(item.shape, dtype=_DTYPES[item.dtype])
+        with torch.no_grad():
+            if item.init == "uniform":
+                tensor.uniform_(-item.bound, item.bound)
+            elif item.init in ("zeros", "ones"):
+                tensor.fill_(0 if item.init == "zeros" else 1)
+            else:
+                raise NotImplementedError(f"initializer {item.init!r} for {item.name}")
+        if item.buffer:
+            module.register_buffer(item.name, tensor)
         else:
-            out = kernel("linear_act")(rows, self.weight, self.bias, self.activation, self.slope)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + _fused_repr(self.activation, self.slope)
+            module.register_parameter(item.name, nn.Parameter(tensor))
 
 
-class Activation(nn.Module):
-    """relu / tanh / sigmoid / leaky_relu; an identity once fused into the layer before it."""
+class Layer(nn.Module):
+    """A layer with its declared state and its backend (`ops`); `attrs` are the node's resolved arguments."""
 
-    def __init__(self, node: Node, backend: str) -> None:
-        super().__init__()
-        self.op = node.op
-        self.slope = float(node.attrs.get("slope", 0.0))
-        self.backend = backend
-        self.fused = False  # set by the fusion pass: the conv/linear before already applied it
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return x
-        if self.backend == "torch":
-            return torch_activation(x, self.op, self.slope)
-        if self.op == "leaky_relu":
-            return kernel("leaky_relu")(x, self.slope)
-        return kernel(self.op)(x)
-
-    def extra_repr(self) -> str:
-        return f"{self.op}{', fused' if self.fused else ''}"
-
-
-class Pool2d(nn.Module):
-    """maxpool2d / avgpool2d: (N, C, H, W) -> (N, C, OH, OW)."""
-
-    def __init__(self, node: Node, backend: str) -> None:
+    def __init__(self, node: Node, ops: Backend) -> None:
         super().__init__()
         self.op = node.op
         self.attrs = dict(node.attrs)
-        self.backend = backend
+        self.ops = ops
+        make_state(self, node.state)
+
+    def extra_repr(self) -> str:
+        return f"{self.op}, " + ", ".join(f"{key}={value}" for key, value in self.attrs.items())
+
+
+class Conv2d(Layer):
+    """conv2d (+ an epilogue chosen by the IR passes): (N, C, H, W) -> (N, K, OH, OW)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def forward(self, x: torch.Tensor, activation: str | None = None, slope: float = 0.0,
+                batchnorm: nn.Module | None = None) -> torch.Tensor:
+        a = self.attrs
+        weight, bias = self.weight, getattr(self, "bias", None)
+        if batchnorm is not None:  # an eval-mode batchnorm folded into the weights (runtime/passes.py)
+            weight, bias = fold_batchnorm(weight, bias, batchnorm)
+        args = (x, weight, bias, a["stride"], a["padding"], a["dilation"], a["groups"])
+        if activation is None:
+            return self.ops.conv2d(*args)  # padding "same" included: the kernel pads as PyTorch does
+        return self.ops.conv2d_act(*args, activation, slope)
+
+
+class Linear(Layer):
+    """linear (+ an epilogue) on the last dimension: (N, F) -> (N, O), (N, T, F) -> (N, T, O)."""
+
+    weight: torch.Tensor
+
+    def forward(self, x: torch.Tensor, activation: str | None = None, slope: float = 0.0,
+                batchnorm: nn.Module | None = None) -> torch.Tensor:
+        weight, bias = self.weight, getattr(self, "bias", None)
+        if batchnorm is not None:
+            weight, bias = fold_batchnorm(weight, bias, batchnorm)
+        if activation is None:
+            return self.ops.linear(x, weight, bias)
+        return self.ops.linear_act(x, weight, bias, activation, slope)
+
+
+def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None,
+                   norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of conv/linear followed by an eval-mode batchnorm, as one layer.
+
+    y = gamma * (W x + b - mean) / sqrt(var + eps) + beta = (s W) x + s (b - mean) + beta,
+    s = gamma / sqrt(var + eps), per output channel: weight (K, ...) rows scale by s (K,).
+    """
+    scale = torch.rsqrt(norm.running_var + norm.attrs["eps"])
+    if norm.attrs["affine"]:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if bias is not None:
+        shift = shift + bias * scale
+    if norm.attrs["affine"]:
+        shift = shift + norm.bias
+    return weight * scale.reshape(-1, *([1] * (weight.dim() - 1))), shift
+
+
+class Activation(Layer):
+    """One elementwise op of the table (relu, tanh, leaky_relu, ...): its backend function of (x, **attrs)."""
+
+    def __init__(self, node: Node, ops: Backend) -> None:
+        super().__init__(node, ops)
+        spec = OPS[node.op]
+        self.function = spec.kernels[0]
+        self.keywords = spec.call_keywords(self.attrs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.ops, self.function)(x, **self.keywords)
+
+
+class Pool2d(Layer):
+    """maxpool2d / avgpool2d: (N, C, H, W) -> (N, C, OH, OW)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.attrs
         if self.op == "maxpool2d":
-            pool = F.max_pool2d if self.backend == "torch" else kernel("max_pool2d")
-            return pool(x, a["kernel"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"])
-        pool = F.avg_pool2d if self.backend == "torch" else kernel("avg_pool2d")
-        return pool(x, a["kernel"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"])
-
-    def extra_repr(self) -> str:
-        return f"{self.op}, kernel={self.attrs['kernel']}, stride={self.attrs['stride']}"
+            return self.ops.max_pool2d(x, a["kernel"], a["stride"], a["padding"], a["dilation"],
+                                       a["ceil_mode"])
+        return self.ops.avg_pool2d(x, a["kernel"], a["stride"], a["padding"], a["ceil_mode"],
+                                   a["count_include_pad"])
 
 
-class Flatten(nn.Module):
+class Flatten(Layer):
     """flatten: (N, d1, ..., dn) -> (N, d1*...*dn), a view whenever the input allows one."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
 
 
-class Dropout(nn.Module):
+class Dropout(Layer):
     """dropout with probability p while training; the identity in eval mode."""
 
-    def __init__(self, node: Node, backend: str) -> None:
-        super().__init__()
-        self.p = float(node.attrs["p"])
-        self.backend = backend
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
+        if not self.training or self.attrs["p"] == 0.0:
             return x
-        if self.backend == "torch":
-            return F.dropout(x, self.p, True)
-        return kernel("dropout")(x, self.p, True)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return self.ops.dropout(x, self.attrs["p"], True)
 
 
 class _Recurrent:
     """Shared forward for rnn/lstm/gru: (N, T, F) -> (N, H) (output=last) or (N, T, H)."""
 
-    backend: str
+    ops: Backend
+    op: str
     last_only: bool
+    cell: dict[str, Any]
+    num_layers: int
+    bias: bool
+    _flat_weights: list[torch.Tensor]
 
-    def _run_triton(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def _setup(self, node: Node, ops: Backend) -> None:
+        self.ops, self.op, self.last_only, self.cell = ops, node.op, node.attrs["output"] == "last", {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend == "torch":
-            output = super().forward(x)[0]  # type: ignore[misc]  # the torch.nn RNN base class
-        else:
-            output = self._run_triton(x)
+        run = getattr(self.ops, self.op)
+        output = run(x, list(self._flat_weights), num_layers=self.num_layers, bias=self.bias, **self.cell)[0]
         return output[:, -1] if self.last_only else output  # (N, H): the top layer's last step
 
 
 class RNN(_Recurrent, nn.RNN):
     """rnn (tanh or relu), batch first; parameters named and drawn as torch.nn.RNN's."""
 
-    def __init__(self, node: Node, backend: str) -> None:
+    def __init__(self, node: Node, ops: Backend) -> None:
         a = node.attrs
         nn.RNN.__init__(self, node.in_shape[-1], a["hidden"], num_layers=a["layers"],
                         nonlinearity=a["activation"], bias=a["bias"], batch_first=True)
-        self.backend, self.last_only = backend, a["output"] == "last"
-
-    def _run_triton(self, x: torch.Tensor) -> torch.Tensor:
-        return kernel("rnn")(x, list(self._flat_weights), self.num_layers, self.nonlinearity, self.bias)[0]
+        self._setup(node, ops)
+        self.cell = {"nonlinearity": a["activation"]}
 
 
 class LSTM(_Recurrent, nn.LSTM):
     """lstm, batch first, gate order i, f, g, o as torch.nn.LSTM."""
 
-    def __init__(self, node: Node, backend: str) -> None:
+    def __init__(self, node: Node, ops: Backend) -> None:
         a = node.attrs
-        nn.LSTM.__init__(self, node.in_shape[-1], a["hidden"], num_layers=a["layers"],
-                         bias=a["bias"], batch_first=True)
-        self.backend, self.last_only = backend, a["output"] == "last"
-
-    def _run_triton(self, x: torch.Tensor) -> torch.Tensor:
-        return kernel("lstm")(x, list(self._flat_weights), self.num_layers, self.bias)[0]
+        nn.LSTM.__init__(self, node.in_shape[-1], a["hidden"], num_layers=a["layers"], bias=a["bias"],
+                         batch_first=True)
+        self._setup(node, ops)
 
 
 class GRU(_Recurrent, nn.GRU):
     """gru, batch first, gate order r, z, n as torch.nn.GRU."""
 
-    def __init__(self, node: Node, backend: str) -> None:
+    def __init__(self, node: Node, ops: Backend) -> None:
         a = node.attrs
-        nn.GRU.__init__(self, node.in_shape[-1], a["hidden"], num_layers=a["layers"],
-                        bias=a["bias"], batch_first=True)
-        self.backend, self.last_only = backend, a["output"] == "last"
-
-    def _run_triton(self, x: torch.Tensor) -> torch.Tensor:
-        return kernel("gru")(x, list(self._flat_weights), self.num_layers, self.bias)[0]
+        nn.GRU.__init__(self, node.in_shape[-1], a["hidden"], num_layers=a["layers"], bias=a["bias"],
+                        batch_first=True)
+        self._setup(node, ops)
 
 
-class Residual(nn.Module):
-    """residual: x + body(x); the body's layers are submodules "0", "1", ..."""
+class Block(nn.Module):
+    """A residual or parallel block: holds its body's layers ("j", or "b.j" per branch) for their names,
+    and merges (add or concat) what the network feeds it: the block's input and body output
+    (residual), or every branch's output (parallel). The network runs the body nodes itself."""
 
-    def __init__(self, node: Node, backend: str) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        for child in node.body:
-            self.add_module(child.name.rsplit(".", 1)[-1], build_layer(child, backend))
+        self.merge: str | None = None  # set when the block's merge node is built
+        self.axis = 1  # concat: the channel (N, C, H, W) or feature (N, F) dimension; (N, T, F): 2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x
-        for layer in self.children():
-            out = layer(out)
-        return x + out
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.merge == "concat":
+            return torch.cat(inputs, dim=self.axis)
+        out = inputs[0]
+        for other in inputs[1:]:
+            out = out + other
+        return out
+
+    def extra_repr(self) -> str:
+        return self.merge or ""
 
 
-_LAYERS: dict[str, Callable[[Node, str], nn.Module]] = {
+LAYERS: dict[str, Callable[[Node, Backend], nn.Module]] = {
     "conv2d": Conv2d,
     "maxpool2d": Pool2d,
     "avgpool2d": Pool2d,
     "linear": Linear,
-    "flatten": lambda node, backend: Flatten(),
+    "flatten": Flatten,
     "dropout": Dropout,
     "rnn": RNN,
     "lstm": LSTM,
     "gru": GRU,
-    "residual": Residual,
-    **{op: Activation for op in ACTIVATIONS},
+    **{op: Activation for op, spec in OPS.items() if spec.activation},
 }
 
 
-def build_layer(node: Node, backend: str) -> nn.Module:
-    """The module for one node; its parameters are drawn from the global torch RNG (PyTorch's init)."""
-    factory = _LAYERS.get(node.op)
+def build_layer(node: Node, ops: Backend) -> nn.Module:
+    """The module for one layer node; its state is drawn from the global torch RNG (PyTorch's init)."""
+    factory = LAYERS.get(node.op)
     if factory is None:
-        raise NotImplementedError(f"no lowering for layer {node.op!r}")
-    layer = factory(node, backend)
-    if node.op != "residual":
-        # The IR promises PyTorch's names and shapes; a mismatch is a front-end/runtime bug.
-        own = {name: tuple(param.shape) for name, param in layer.named_parameters()}
-        assert own == {k: tuple(v) for k, v in node.params.items()}, (node.name, own, dict(node.params))
+        raise NotImplementedError(f"no layer module for {node.op!r}")
+    layer = factory(node, ops)
+    # The IR promises PyTorch's names and shapes; a mismatch is a front-end/runtime bug.
+    own = {name: tuple(tensor.shape) for name, tensor in layer.state_dict().items()}
+    assert own == {item.name: tuple(item.shape) for item in node.state}, (node.name, own, node.state)
     return layer

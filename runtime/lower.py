@@ -1,11 +1,16 @@
 """Graph (or .net path/source) -> Network: a torch.nn.Module on the Triton kernels or on PyTorch's operators.
 
 `compile` parses when given text, resolves the device and backend, seeds the
-RNG, builds one submodule per node ("0", "1", ...; a residual's body as
-"i.0", "i.1", ...) with PyTorch's initialisation in node order, then, on the
-Triton backend, applies the fusion pass (`find_fusions`, below). Weights are
-always drawn on the CPU and then moved, so a seed gives the same weights on
-every device and backend.
+RNG, and builds one module per node of the checked graph, with PyTorch's
+initialisation in node order: a layer at "i" is submodule "i", a residual or
+parallel block's layers sit in a `Block` at "i" ("i.j", "i.b.j"), which also
+performs the block's merge. Weights are always drawn on the CPU and then
+moved, so a seed gives the same weights on every device and backend.
+
+The network runs the graph its backend lowers it to in the current mode
+(runtime/passes.py: on Triton, activations fused into conv2d/linear
+epilogues, and in eval mode batchnorms folded into the layer before): each
+node's module reads the values of the nodes it names as inputs.
 """
 
 from __future__ import annotations
@@ -16,72 +21,32 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from netc.dsl.errors import DataError
-from netc.dsl.ir import Graph, Node
-from netc.runtime.layers import Activation, build_layer, kernel
+from netc.dsl.ir import INPUT, Graph, Node
+from netc.runtime import backends
+from netc.runtime.backends import BACKENDS
+from netc.runtime.layers import Block, build_layer
+from netc.runtime.passes import Fusion, find_fusions, lower
 
-BACKENDS = ("triton", "torch")
-
-# ---- the fusion pass (Triton backend only) ----------------------------------------------------
-# A conv2d or linear immediately followed by relu, tanh, sigmoid or leaky_relu in the same stack
-# (the top level, or one residual body) runs as a single conv2d_act / linear_act launch: the
-# activation is applied in the GEMM epilogue, so its output makes no extra round trip through
-# memory. The activation's node keeps its place (its module becomes an identity), so layer names
-# and indices do not move. Nothing fuses across a residual boundary: x + body(x) sits between a
-# body's last layer and whatever follows it. A leaky_relu with a negative slope stays on its own:
-# the fused backward reads the derivative off the output's sign, which needs slope >= 0.
-
-FUSABLE_PRODUCERS = {"conv2d": "conv2d_act", "linear": "linear_act"}
-FUSABLE_ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu")
-
-
-@dataclass(frozen=True)
-class Fusion:
-    """One producer (conv2d/linear) whose epilogue applies the activation node after it."""
-
-    producer: Node
-    activation: Node
-
-    @property
-    def kernel(self) -> str:
-        return FUSABLE_PRODUCERS[self.producer.op]
-
-    @property
-    def slope(self) -> float:
-        return float(self.activation.attrs.get("slope", 0.0))
-
-    def describe(self) -> str:
-        return f"{self.producer.name} {self.producer.op} + {self.activation.name} {self.activation.op} " \
-               f"-> {self.kernel}({self.activation.op})"
-
-
-def find_fusions(nodes: Sequence[Node]) -> list[Fusion]:
-    """Every fusable (producer, activation) pair, in node order, residual bodies included."""
-    fusions: list[Fusion] = []
-    previous: Node | None = None
-    for node in nodes:
-        if node.op == "residual":
-            fusions.extend(find_fusions(node.body))
-        if previous is not None and previous.op in FUSABLE_PRODUCERS and _fusable_activation(node):
-            fusions.append(Fusion(previous, node))
-            previous = None  # the activation is consumed; a second one after it stays on its own
-        else:
-            previous = node
-    return fusions
-
-
-def _fusable_activation(node: Node) -> bool:
-    return node.op in FUSABLE_ACTIVATIONS and float(node.attrs.get("slope", 0.0)) >= 0.0
+__all__ = ["BACKENDS", "Fusion", "Network", "compile", "find_fusions", "resolve_target", "walk"]
 
 
 def walk(nodes: Sequence[Node]) -> Iterator[Node]:
-    """Every node in order, each residual followed by its body's nodes (depth first)."""
-    for node in nodes:
-        yield node
-        yield from walk(node.body)
+    """Every node of a graph, in topological order (a block's merge node after its body)."""
+    yield from nodes
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One node as the network runs it: the module, the values it reads, its epilogue keywords."""
+
+    name: str
+    module: nn.Module
+    inputs: tuple[str, ...]
+    keywords: dict[str, Any]
+    last_reads: tuple[str, ...]  # values no later step reads: freed after this one
 
 
 class Network(nn.Module):
@@ -91,11 +56,48 @@ class Network(nn.Module):
         super().__init__()
         self.graph = graph
         self.backend = backend
+        self.ops = backends.get(backend)
         self._device = device
         for node in graph.nodes:
-            self.add_module(node.name, build_layer(node, backend))
-        self.fusions: list[Fusion] = []
+            self._add_node(node)
+        # the graph each mode runs, after the backend's passes (see runtime/passes.py)
+        self.lowered = {mode: lower(graph, backend, training=mode) for mode in (True, False)}
+        self._steps = {mode: self._schedule(lowered) for mode, lowered in self.lowered.items()}
+        self.fusions: list[Fusion] = find_fusions(graph.nodes) if backend == "triton" else []  # in training
         self.note: str | None = None
+
+    def _add_node(self, node: Node) -> None:
+        """Register the node's module at its name, creating the Blocks that hold it on the way."""
+        *path, leaf = node.name.split(".")
+        parent: nn.Module = self
+        for part in path:
+            child = parent._modules.get(part)
+            if child is None:
+                child = Block()
+                parent.add_module(part, child)
+            parent = child
+        if node.op in ("add", "concat"):
+            block = parent._modules.get(leaf) or Block()
+            block.merge, block.axis = node.op, 2 if len(node.out_shape) == 2 else 1
+            parent.add_module(leaf, block)
+        else:
+            parent.add_module(leaf, build_layer(node, self.ops))
+
+    def _schedule(self, graph: Graph) -> list[_Step]:
+        last_read: dict[str, int] = {}
+        for index, node in enumerate(graph.nodes):
+            for source in node.inputs:
+                last_read[source] = index
+        steps = []
+        for index, node in enumerate(graph.nodes):
+            keywords: dict[str, Any] = {key: node.attrs[key] for key in ("activation", "slope")
+                                        if key in node.attrs and node.op in ("conv2d", "linear")}
+            if "batchnorm" in node.attrs:
+                keywords["batchnorm"] = self.get_submodule(node.attrs["batchnorm"])
+            done = tuple(source for source in set(node.inputs)
+                         if last_read[source] == index and source != graph.output)
+            steps.append(_Step(node.name, self.get_submodule(node.name), node.inputs, keywords, done))
+        return steps
 
     @property
     def device(self) -> torch.device:
@@ -109,15 +111,16 @@ class Network(nn.Module):
         if tuple(x.shape[1:]) != expected:
             raise ValueError(f"{self.graph.name} expects input (N, {', '.join(map(str, expected))}), "
                              f"got {tuple(x.shape)}")
-        for layer in self.children():
-            x = layer(x)
-        return x
+        values = {INPUT: x}
+        for step in self._steps[self.training]:
+            values[step.name] = step.module(*(values[name] for name in step.inputs), **step.keywords)
+            for name in step.last_reads:  # drop our reference; autograd keeps what backward needs
+                del values[name]
+        return values[self.lowered[self.training].output]
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         """Mean cross-entropy of (N, classes) logits against (N,) class indices."""
-        if self.backend == "torch":
-            return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-        return kernel("cross_entropy")(logits, targets, label_smoothing=label_smoothing)
+        return self.ops.cross_entropy(logits, targets, label_smoothing=label_smoothing)
 
     def summary(self) -> str:
         """The `netc compile` table: one row per layer, and totals."""
@@ -126,19 +129,6 @@ class Network(nn.Module):
         except ImportError:  # the report module is optional for the runtime
             return _plain_summary(self.graph)
         return format_table(self.graph)
-
-    def apply_fusions(self, fusions: list[Fusion]) -> None:
-        """Fold each fusion's activation into its producer; the activation's module becomes an identity."""
-        for fusion in fusions:
-            fold(fusion, self.get_submodule(fusion.producer.name), self.get_submodule(fusion.activation.name))
-        self.fusions = list(fusions)
-
-
-def fold(fusion: Fusion, producer: nn.Module, activation: nn.Module) -> None:
-    """Make `producer` (a triton Conv2d/Linear) apply the activation, and `activation` an identity."""
-    assert isinstance(activation, Activation) and hasattr(producer, "activation")
-    producer.activation, producer.slope = fusion.activation.op, fusion.slope
-    activation.fused = True
 
 
 def _plain_summary(graph: Graph) -> str:
@@ -182,19 +172,8 @@ def resolve_target(
                     "--backend triton runs the Triton kernels through the interpreter (slow)")
     if backend not in BACKENDS:
         raise DataError(f"unknown backend {backend!r}: use auto, triton or torch")
-    if backend == "triton":
-        _prepare_triton(resolved)
+    backends.prepare(backend, resolved)
     return resolved, backend, note
-
-
-def _prepare_triton(device: torch.device) -> None:
-    from netc.kernels.config import ensure_backend, interpreting
-
-    ensure_backend(device.type)
-    if device.type == "cpu" and not interpreting():
-        # triton was imported for the GPU before we could choose its interpreter
-        raise DataError("the triton backend on cpu needs Triton's interpreter, but triton was already "
-                        "loaded for the GPU; set TRITON_INTERPRET=1 before starting")
 
 
 def compile(
@@ -209,8 +188,6 @@ def compile(
     if seed is not None:
         torch.manual_seed(seed)
     network = Network(graph, backend_name, target)
-    if backend_name == "triton":
-        network.apply_fusions(find_fusions(graph.nodes))
     network.note = note  # the CLI prints it (one line) when auto fell back to the torch backend
     return network.to(target)
 

@@ -89,13 +89,10 @@ def _intercept(recorder: _Recorder, kernel_types: set[type], target: str) -> Ite
 
 def _jit_types() -> set[type]:
     """The classes of the @triton.jit objects in the kernel families (JITFunction, or the interpreter's)."""
-    import importlib
-
     import netc.kernels
 
     types = set()
-    for family in sorted(set(netc.kernels._EXPORTS.values())):
-        module = importlib.import_module(f"netc.kernels.{family}")
+    for module in netc.kernels.family_modules():
         types |= {type(value) for value in vars(module).values() if is_jit(value)}
     return types
 
@@ -146,7 +143,6 @@ def trace(graph: Graph, batch: int | None = None, target: str = "gpu") -> tuple[
     recorder = _Recorder()
     with torch.random.fork_rng(devices=[]):  # building the net draws weights: leave the caller's RNG alone
         network = Network(graph, "triton", torch.device("cpu"))  # never launched: no device needed
-        network.apply_fusions(find_fusions(graph.nodes))
         handles = _attach_layer_hooks(network, recorder)
         try:
             with _intercept(recorder, _jit_types(), target):
@@ -231,8 +227,9 @@ def _layer_heading(node: Node, fused_into: dict[str, str], fused_with: dict[str,
         return text + f"\n    fused into layer {fused_into[node.name]}'s epilogue: no launch of its own"
     if node.op == "flatten":
         return text + "\n    a view: no launch"
-    if node.op == "residual":
-        return text + "\n    x + body(x): the add is one PyTorch elementwise op (no Triton kernel)"
+    if node.op in ("add", "concat"):  # a residual's or parallel's merge
+        merge = "x + body(x): the add" if node.attrs["block"] == "residual" else f"the branches' {node.op}"
+        return text + f"\n    {merge} is one PyTorch op (no Triton kernel)"
     if node.op == "dropout":
         return text + "\n    identity in eval mode; the training launches follow"
     return text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from netc.runtime import cli
+from netc.runtime import backends, cli
 from netc.runtime.check import compare, full_float32
 
 SMALL_NET = """
@@ -98,8 +97,8 @@ def _perturbed(original: Any, factor: float) -> Any:
 def test_check_fails_when_a_kernel_is_broken(
     tiny_file: str, device: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    activation = importlib.import_module("netc.kernels.activation")
-    monkeypatch.setattr(activation, "relu", _perturbed(activation.relu, 1.001))  # 1e-3 off: above 1e-4
+    ops = backends.get("triton")  # the backend entries the layers call
+    monkeypatch.setattr(ops, "relu", _perturbed(ops.relu, 1.001))  # 1e-3 off: above 1e-4
     assert cli.main(["check", tiny_file, "--device", device, "--batch", "3"]) == 1
     out = capsys.readouterr().out
     relu = _rows(out, "layer 1 relu")
@@ -117,15 +116,15 @@ def test_check_fails_when_a_kernel_is_broken(
 def test_check_finds_a_broken_fused_kernel_in_the_whole_network(
     tiny_file: str, device: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    linear = importlib.import_module("netc.kernels.linear")
-    original = linear.linear_act
+    ops = backends.get("triton")
+    original = ops.linear_act
 
     def broken(input: torch.Tensor, weight: torch.Tensor, bias: Any = None, activation: Any = None,
                slope: float = 0.01) -> torch.Tensor:
         out = original(input, weight, bias, activation, slope)
         return out * 1.01 if activation == "relu" else out  # only the fused linear+relu is wrong
 
-    monkeypatch.setattr(linear, "linear_act", broken)
+    monkeypatch.setattr(ops, "linear_act", broken)
     assert cli.main(["check", tiny_file, "--device", device, "--batch", "3"]) == 1
     out = capsys.readouterr().out
     assert all(verdict == "ok" for _, _, verdict in _rows(out, "layer 0 linear").values())
@@ -138,8 +137,8 @@ def test_check_finds_a_broken_fused_kernel_in_the_whole_network(
 def test_check_catches_a_wrong_dropout_scale(
     small_file: str, device: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    dropout = importlib.import_module("netc.kernels.dropout")
-    monkeypatch.setattr(dropout, "dropout", _perturbed(dropout.dropout, 0.9))
+    ops = backends.get("triton")
+    monkeypatch.setattr(ops, "dropout", _perturbed(ops.dropout, 0.9))
     assert cli.main(["check", small_file, "--device", device, "--batch", "2"]) == 1
     rows = _rows(capsys.readouterr().out, "layer 5 dropout")
     assert rows["output"][2] == "FAIL" and rows["kept share vs 1-p"][2] == "ok"
@@ -148,13 +147,13 @@ def test_check_catches_a_wrong_dropout_scale(
 def test_check_catches_a_dropout_that_drops_everything(
     small_file: str, device: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    dropout = importlib.import_module("netc.kernels.dropout")
-    original = dropout.dropout
+    ops = backends.get("triton")
+    original = ops.dropout
 
     def drops_all(input: torch.Tensor, p: float = 0.5, training: bool = True, *args: Any, **kw: Any) -> Any:
         return original(input, p, training, *args, **kw) * 0 if training else input
 
-    monkeypatch.setattr(dropout, "dropout", drops_all)
+    monkeypatch.setattr(ops, "dropout", drops_all)
     assert cli.main(["check", small_file, "--device", device, "--batch", "2"]) == 1
     rows = _rows(capsys.readouterr().out, "layer 5 dropout")
     assert rows["output"][2] == "ok" and rows["kept share vs 1-p"][2] == "FAIL"

@@ -117,7 +117,9 @@ def test_emit_ast_and_ir(netc, files):
     ast_json = json.loads(netc("compile", "good.net", "--emit", "ast", "--json", cwd=files).stdout)
     assert ast_json["blocks"][0]["body"][1]["name"] == "linear"
     ir_text = netc("compile", "good.net", "--emit", "ir", cwd=files)
-    assert ir_text.returncode == 0 and "params: weight (32, 784), bias (32,)" in ir_text.stdout
+    assert ir_text.returncode == 0 and "param weight [32, 784] = uniform" in ir_text.stdout
+    assert "param bias [32] = uniform" in ir_text.stdout and "0 = linear(input)" in ir_text.stdout
+    assert "after pass fuse_activations (triton backend, training)" in ir_text.stdout
     # --emit ast only parses: a file that fails its checks still shows its tree
     assert netc("compile", "shape.net", "--emit", "ast", cwd=files).returncode == 0
     assert netc("compile", "syntax.net", "--emit", "ast", cwd=files).returncode == 1

@@ -31,7 +31,7 @@ GOLDEN = [
     ("syntax: unexpected token", _net(*_VECTOR, "linear 10 =", "relu"), 3, 15,
      "unexpected `=`: expected an argument or the end of the line"),
     ("syntax: statement start", _net(*_VECTOR, "3 relu"), 3, 5,
-     "unexpected number 3: expected a layer name, `repeat`, `residual` or `}`"),
+     "unexpected number 3: expected a layer name, `repeat`, `residual`, `parallel` or `}`"),
     ("syntax: unfinished tuple", _net(*_IMAGE, "conv2d 3 kernel=(3,"), 3, 24,
      "unexpected end of line: expected a value (number, name, string, tuple or shape)"),
     ("syntax: missing comma", _net(*_IMAGE, "conv2d 3 kernel=(3 4)"), 3, 24,
@@ -56,7 +56,7 @@ GOLDEN = [
     ("syntax: brace after statement", "net a {\n    input [784]\n    linear 10 }\n", 3, 15,
      "unexpected `}`: put `}` on a line of its own"),
     ("syntax: reserved word as layer", "net a {\n    input [784]\n    net 3\n}\n", 3, 5,
-     "unexpected `net`: expected a layer name, `repeat`, `residual` or `}`"),
+     "unexpected `net`: expected a layer name, `repeat`, `residual`, `parallel` or `}`"),
     # --- structure
     ("second net", _net(*_VECTOR, "linear 10") + "net b {\n    input [784]\n    linear 10\n}\n", 5, 1,
      "a second `net` ('b'): a file holds exactly one net"),

@@ -172,9 +172,23 @@ def _torch_layer(node: Node) -> torch.nn.Module:
     if node.op in _RECURRENT:
         extra = {"nonlinearity": a["activation"]} if node.op == "rnn" else {}
         return _RECURRENT[node.op](shape[-1], a["hidden"], a["layers"], bias=a["bias"], **extra)
-    if node.op == "residual":
-        return nn.Sequential(*(_torch_layer(child) for child in node.body))
     return nn.Identity()  # no parameters
+
+
+def _body(graph: Graph, block: Node) -> list[Node]:
+    """The nodes of a residual block's body: its statements j, named "block.j"."""
+    depth = block.name.count(".") + 1
+    return [node for node in graph.nodes
+            if node.name.startswith(block.name + ".") and node.name.count(".") == depth]
+
+
+def _torch_stack(graph: Graph) -> torch.nn.Module:
+    """nn.Sequential of the top-level statements, a residual as an nn.Sequential of its body."""
+    def module(node: Node) -> torch.nn.Module:
+        if node.op == "add":
+            return nn.Sequential(*(module(child) for child in _body(graph, node)))
+        return _torch_layer(node)
+    return nn.Sequential(*(module(node) for node in graph.nodes if "." not in node.name))
 
 
 _BIG = """
@@ -220,26 +234,22 @@ net seq {
 @pytest.mark.parametrize("source", [_BIG, _SEQUENCE], ids=["image", "sequence"])
 def test_state_dict_keys_and_shapes_equal_torch_sequential(source):
     graph = parse(source)
-    reference = nn.Sequential(*(_torch_layer(node) for node in graph.nodes))
+    reference = _torch_stack(graph)
     expected = {key: tuple(value.shape) for key, value in reference.state_dict().items()}
-    ours: dict[str, tuple[int, ...]] = {}
-
-    def collect(nodes: tuple[Node, ...]) -> None:
-        for node in nodes:
-            ours.update({f"{node.name}.{param}": shape for param, shape in node.params.items()})
-            collect(node.body)
-
-    collect(graph.nodes)
+    ours = {f"{node.name}.{param}": shape for node in graph.nodes for param, shape in node.params.items()}
     assert ours == expected
     assert graph.param_count == sum(p.numel() for p in reference.parameters())
 
 
 def test_repeat_copies_are_separate_layers():
     graph = parse(_BIG)
-    assert [node.op for node in graph.nodes[2:6]] == ["conv2d", "leaky_relu", "conv2d", "leaky_relu"]
-    assert [node.name for node in graph.nodes[2:6]] == ["2", "3", "4", "5"]
-    residuals = [node for node in graph.nodes if node.op == "residual"]
-    assert [child.name for child in residuals[1].body] == [f"{residuals[1].name}.0", f"{residuals[1].name}.1"]
+    by_name = {node.name: node for node in graph.nodes}
+    assert [by_name[str(i)].op for i in range(2, 6)] == ["conv2d", "leaky_relu", "conv2d", "leaky_relu"]
+    residuals = [node for node in graph.nodes if node.op == "add"]
+    body = _body(graph, residuals[1])
+    assert [child.name for child in body] == [f"{residuals[1].name}.0", f"{residuals[1].name}.1"]
+    assert residuals[1].inputs == (str(int(residuals[1].name) - 1), body[-1].name)  # x and body(x)
+    assert body[0].inputs == (str(int(residuals[1].name) - 1),)
 
 
 @pytest.mark.parametrize("layer,input_shape,module", [

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from netc.dsl.errors import Loc
-from netc.dsl.ir import Graph, Node, TrainConfig
+from netc.dsl.ir import INPUT, Graph, Node, TrainConfig
+from netc.dsl.ops import OPS
 from netc.runtime.check import full_float32
 
 LOC = Loc("<test>", 1, 1)
@@ -66,29 +67,37 @@ def twin_layer(op: str, a: dict[str, Any], in_shape: tuple[int, ...]) -> nn.Modu
 # ---- hand-built IR: shapes and parameter shapes taken from the twin ----------------------------
 
 def make_nodes(
-    layers: list[tuple], in_shape: tuple[int, ...], prefix: str = ""
-) -> tuple[list[Node], nn.Module]:
-    """(op, attrs[, body layers]) tuples -> IR nodes named like the front end names them, and their twin."""
+    layers: list[tuple], in_shape: tuple[int, ...], prefix: str = "", source: str = INPUT
+) -> tuple[list[Node], nn.Module, str]:
+    """(op, attrs[, body layers]) tuples -> DAG nodes named and wired as the front end makes them (a
+    residual's body, then its `add` node), their twin, and the name of the node holding the output.
+
+    Output shapes come from the twin; state declarations (names, shapes, initialisation) from the op table.
+    """
     nodes, twins = [], []
     for index, (op, attrs, *body) in enumerate(layers):
         name = f"{prefix}{index}"
         if op == "residual":
-            children, twin = make_nodes(body[0], in_shape, prefix=f"{name}.")
+            children, twin, body_out = make_nodes(body[0], in_shape, prefix=f"{name}.", source=source)
             twin = ResidualTwin(*twin.children())
+            nodes.extend(children)
+            node = Node(name, "add", {"block": "residual"}, (source, body_out), (in_shape, in_shape),
+                        in_shape, (), 0, LOC)
         else:
-            children, twin = [], twin_layer(op, {**DEFAULTS.get(op, {}), **attrs}, in_shape)
-        with torch.no_grad():
-            out_shape = tuple(twin.eval()(torch.zeros(2, *in_shape)).shape[1:])
-        params = {} if op == "residual" else {k: tuple(v.shape) for k, v in twin.named_parameters()}
-        nodes.append(Node(name, op, {**DEFAULTS.get(op, {}), **attrs}, in_shape, out_shape, params, 0, LOC,
-                          tuple(children)))
+            full = {**DEFAULTS.get(op, {}), **attrs}
+            twin = twin_layer(op, full, in_shape)
+            with torch.no_grad():
+                out_shape = tuple(twin.eval()(torch.zeros(2, *in_shape)).shape[1:])
+            state = OPS[op].state(full, in_shape)
+            node = Node(name, op, full, (source,), (in_shape,), out_shape, state, 0, LOC)
+        nodes.append(node)
         twins.append(twin)
-        in_shape = out_shape
-    return nodes, nn.Sequential(*twins)
+        in_shape, source = node.out_shape, name
+    return nodes, nn.Sequential(*twins), source
 
 
 def make_graph(in_shape: tuple[int, ...], layers: list[tuple]) -> tuple[Graph, nn.Module]:
-    nodes, twin = make_nodes(layers, in_shape)
+    nodes, twin, _ = make_nodes(layers, in_shape)
     return Graph("test", "<test>", "", in_shape, tuple(nodes), TrainConfig(), LOC), twin
 
 
