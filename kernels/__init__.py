@@ -26,8 +26,9 @@ from netc.kernels.config import ensure_backend
 ensure_backend()  # decide TRITON_INTERPRET before any family module imports triton
 
 # every module of the package that defines kernels, imported before any public name is bound
-FAMILIES = ("activation", "conv", "dropout", "flat_optim", "layer_norm", "linear", "loss", "norm", "norm_common",
-            "optim", "pool", "recurrent", "recurrent_cells", "recurrent_gemm", "recurrent_steps")
+FAMILIES = ("activation", "conv", "dropout", "flat_optim", "layer_norm", "linear", "loss", "norm",
+            "norm_common", "optim", "pool", "recurrent", "recurrent_cells", "recurrent_gemm",
+            "recurrent_steps")
 for _family in FAMILIES:
     importlib.import_module(f"netc.kernels.{_family}")
 del _family
