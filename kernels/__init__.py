@@ -11,24 +11,24 @@ loads that submodule. This file first imports every family module (FAMILIES),
 then binds the public names, so the function is the last binding; importing
 an already loaded family module again (`import netc.kernels.linear`,
 `importlib.import_module`) finds it in sys.modules and leaves the package
-attribute alone. A new family module must be listed in FAMILIES (a test
-imports every module of the package and checks every public name is still a
+attribute alone. FAMILIES is every module of the package, found at import
+(a test imports them all again and checks every public name is still a
 function). The modules themselves: `family_modules()`.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from types import ModuleType
 
 from netc.kernels.config import ensure_backend
 
 ensure_backend()  # decide TRITON_INTERPRET before any family module imports triton
 
-# every module of the package that defines kernels, imported before any public name is bound
-FAMILIES = ("activation", "conv", "dropout", "flat_optim", "layer_norm", "linear", "loss", "norm",
-            "norm_common", "optim", "pool", "recurrent", "recurrent_cells", "recurrent_gemm",
-            "recurrent_steps")
+# every module of the package, imported before any public name is bound (found, not listed, so a new
+# family module can never be imported later and shadow a function of its name)
+FAMILIES = tuple(sorted(info.name for info in pkgutil.iter_modules(__path__)))
 for _family in FAMILIES:
     importlib.import_module(f"netc.kernels.{_family}")
 del _family
