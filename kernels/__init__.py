@@ -42,7 +42,7 @@ from netc.kernels.loss import cross_entropy  # noqa: E402
 from netc.kernels.norm import batch_norm  # noqa: E402
 from netc.kernels.optim import SGD, Adam, AdamW  # noqa: E402
 from netc.kernels.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d  # noqa: E402
-from netc.kernels.recurrent import gru, lstm, rnn  # noqa: E402
+from netc.kernels.recurrent import gru, gru_cell, lstm, lstm_cell, rnn, rnn_cell  # noqa: E402
 
 
 def family_modules() -> list[ModuleType]:
@@ -52,6 +52,6 @@ def family_modules() -> list[ModuleType]:
 
 __all__ = [
     "SGD", "Adam", "AdamW", "adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "conv2d", "conv2d_act",
-    "cross_entropy", "dropout", "gelu", "gru", "layer_norm", "leaky_relu", "linear", "linear_act", "lstm",
-    "max_pool2d", "relu", "rnn", "sigmoid", "silu", "tanh",
+    "cross_entropy", "dropout", "gelu", "gru", "gru_cell", "layer_norm", "leaky_relu", "linear", "linear_act",
+    "lstm", "lstm_cell", "max_pool2d", "relu", "rnn", "rnn_cell", "sigmoid", "silu", "tanh",
 ]

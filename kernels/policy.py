@@ -220,5 +220,58 @@ def triton_pow2(n: int) -> int:
 # -- loss --
 
 # -- recurrent --
+# The persistent sequence kernels give a program BLOCK_N batch rows of one direction for all T
+# steps; each step walks the hidden units in column blocks of BLOCK_J, reading h_{t-1} back from
+# the output (and the lstm cell from its buffer) in (BLOCK_N, BLOCK_K) chunks against
+# (BLOCK_K, BLOCK_J) weight chunks, so registers hold a few (BLOCK_N, BLOCK_J) tiles whatever H is.
+# Whole (BLOCK_H, BLOCK_H) tiles spilled 7-10 KB per thread on sm_90 under the ieee (FMA) dot,
+# whose operand layouts replicate the B tile across threads. The interpreter runs programs one
+# after another and pays per operation, so it takes the largest blocks.
+
+
+@dataclass(frozen=True)
+class RecurrentConfig:
+    """Block sizes, warps and stages of the recurrent family's launches; one per target."""
+
+    gemm_block: tuple[int, int, int]  # BLOCK_M, BLOCK_N, BLOCK_K of the projection / gradient GEMMs
+    gemm_warps: int
+    seq_block_n: int  # batch rows per persistent program, at most (>= 16: the dot's M)
+    seq_tiles: dict[str, tuple[int, int]]  # "rnn"/"lstm"/"gru" -> (BLOCK_J units per column block, warps)
+    seq_block_k: int  # K chunk of the persistent kernels' recurrent dots (>= 16)
+    max_hidden: int  # largest hidden size the persistent kernels take
+    seq_stages: int  # num_stages of the persistent kernels
+    seq_maxnreg: int  # ptxas register ceiling of the persistent kernels (see below)
+    step_block: tuple[int, int]  # BLOCK_N, BLOCK_H of the per-step fallback's cell launches
+    step_warps: int
+    colsum_block: tuple[int, int]  # BLOCK_R, BLOCK_C of the bias-gradient column sums
+
+
+# Tiles per cell: the lstm's four gates take the narrower column block. Left to itself, ptxas (13.4,
+# via triton 3.9) capped some variants at 80-128 registers and spilled 8-16 bytes a thread; with
+# `.maxnreg 255` it takes what it needs (up to ~210) and spills nothing. A program per 16 batch rows
+# and direction is 7-14 CTAs at batch 100, so occupancy is not what limits these kernels.
+RECURRENT_GPU = RecurrentConfig(gemm_block=(64, 64, 32), gemm_warps=4, seq_block_n=16,
+                                seq_tiles={"rnn": (32, 8), "lstm": (16, 8), "gru": (32, 8)}, seq_block_k=16,
+                                max_hidden=1024, seq_stages=1, seq_maxnreg=255, step_block=(16, 128),
+                                step_warps=4, colsum_block=(64, 64))
+RECURRENT_INTERPRETER = RecurrentConfig(gemm_block=(64, 64, 64), gemm_warps=4, seq_block_n=64,
+                                        seq_tiles={"rnn": (256, 4), "lstm": (256, 4), "gru": (256, 4)},
+                                        seq_block_k=256, max_hidden=1024, seq_stages=1, seq_maxnreg=255,
+                                        step_block=(64, 256), step_warps=4, colsum_block=(256, 64))
+
+
+def recurrent_config() -> RecurrentConfig:
+    """The recurrent family's launch settings for where Triton runs now."""
+    return RECURRENT_INTERPRETER if interpreting() else RECURRENT_GPU
+
+
+def recurrent_precision(dtype: torch.dtype, device: torch.device) -> str:
+    """The `tl.dot` input_precision of every recurrent product (the recurrence, projections, gradients).
+
+    On CUDA, PyTorch runs nn.RNN/LSTM/GRU through cuDNN, whose RNN math type follows
+    `torch.backends.cudnn.allow_tf32` (TF32 by default), the switch of convolutions.
+    """
+    return dot_precision("conv", dtype, device)
+
 
 # -- optimizers --

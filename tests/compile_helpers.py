@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import json
 import os
 import sys
@@ -34,6 +35,7 @@ class Variant:
     constexprs: dict[str, object] = field(default_factory=dict)  # also ints the launcher sees as 1
     warps: int = 4
     stages: int = 3  # CUDA's default when a launcher passes no num_stages
+    maxnreg: int | None = None  # the launcher's maxnreg, if it passes one
 
 
 @contextlib.contextmanager
@@ -200,10 +202,10 @@ def _recurrent() -> list[Variant]:
         out.append(Variant(f"recurrent colsum {dt}", "recurrent_gemm", "_colsum_kernel",
                            _ptrs(dt, "x_ptr", "out_ptr"), {"BLOCK_R": block_r, "BLOCK_C": block_c}, 4))
         for cell, gates in ((0, 1), (1, 1), (2, 4), (3, 3)):  # rnn tanh, rnn relu, lstm, gru
-            consts = {"CELL": cell, "G": gates, "BLOCK_N": step_n, "BLOCK_H": step_h}
-            fwd = _ptrs(dt, "xg_ptr", "hg_ptr", "y_ptr", "gates_ptr", "c_ptr", "cn_ptr")
+            consts = {"CELL": cell, "G": gates, "HAS_H0": False, "BLOCK_N": step_n, "BLOCK_H": step_h}
+            fwd = _ptrs(dt, "xg_ptr", "hg_ptr", "y_ptr", "gates_ptr", "c_ptr", "cn_ptr", "h0_ptr", "c0_ptr")
             bwd = _ptrs(dt, "dy_ptr", "dh_next_ptr", "direct_ptr", "dc_in_ptr", "dc_out_ptr", "y_ptr",
-                        "gates_ptr", "c_ptr", "dgx_ptr", "dgh_ptr")
+                        "gates_ptr", "c_ptr", "dgx_ptr", "dgh_ptr", "h0_ptr", "c0_ptr")
             out.append(Variant(f"recurrent step fwd {dt} cell={cell}", "recurrent_steps", "_step_fwd_kernel",
                                fwd, consts, cfg.step_warps))
             out.append(Variant(f"recurrent step bwd {dt} cell={cell}", "recurrent_steps", "_step_bwd_kernel",
@@ -212,30 +214,30 @@ def _recurrent() -> list[Variant]:
 
 
 def _persistent() -> list[Variant]:
-    """The gru's persistent whole-sequence kernels at max_hidden (the largest tiles), with and without
-    bias: test_kernels_recurrent.py's shared-memory test compiles the lstm's, with bias."""
+    """The persistent whole-sequence kernels of every cell with the GPU tiles (one direction, with
+    bias, no initial state: the examples' training step), plus a bidirectional lstm with h0."""
     recurrent = importlib.import_module("netc.kernels.recurrent")
 
     cfg = recurrent.GPU_CONFIG
-    block_n, block_h, warps = recurrent._seq_blocks(cfg, 64, cfg.max_hidden)
     out = []
     for dt in DTYPES:
-        for cell, gates in ((3, 3),):  # the gru (the rnn's bodies are the lstm's and gru's subsets)
-            for kernel, biases in (("seq_fwd_kernel", (True, False)), ("seq_bwd_kernel", (None,))):
-                for bias in biases:
-                    consts = {"CELL": cell, "G": gates, "BLOCK_N": block_n, "BLOCK_H": block_h,
-                              "PRECISION": cfg.precision}
-                    if bias is not None:
-                        consts["HAS_BIAS"] = bias
-                    pointers = {name: f"*{dt}" for name in _SEQ_POINTERS}
-                    tag = "" if bias is None else f" bias={bias}"
-                    out.append(Variant(f"recurrent {kernel.removesuffix('_kernel')} {dt} cell={cell}{tag}",
-                                       "recurrent_cells", kernel, pointers, consts, warps, cfg.seq_stages))
+        for cell, gates in ((0, 1), (1, 1), (2, 4), (3, 3)):  # rnn tanh, rnn relu, lstm, gru
+            block_n, block_j, block_k, warps = recurrent._seq_blocks(cfg, cell, 100, 128)
+            precisions = ("ieee", "tf32") if dt == "fp32" else ("ieee",)
+            for precision, (kernel, extra), (ndir, h0) in itertools.product(
+                    precisions, (("seq_fwd_kernel", "HAS_BIAS"), ("seq_bwd_kernel", "HAS_DHN")),
+                    ((1, False), (2, True)) if cell == 2 else ((1, False),)):
+                consts = {"D": ndir, "CELL": cell, "G": gates, extra: ndir == 1, "HAS_H0": h0,
+                          "BLOCK_N": block_n, "BLOCK_J": block_j, "BLOCK_K": block_k, "PRECISION": precision}
+                pointers = {name: f"*{dt}" for name in _SEQ_POINTERS}
+                name = f"recurrent {kernel.removesuffix('_kernel')} {dt} cell={cell} {precision} D={ndir}"
+                out.append(Variant(name, "recurrent_cells", kernel, pointers, consts, warps, cfg.seq_stages,
+                                   cfg.seq_maxnreg))
     return out
 
 
-_SEQ_POINTERS = ("xg_ptr", "w_ptr", "b_ptr", "y_ptr", "gates_ptr", "c_ptr", "cn_ptr", "dy_ptr", "dcn_ptr",
-                 "dgx_ptr", "dgh_ptr")
+_SEQ_POINTERS = ("xg_ptr", "w_ptr", "b_ptr", "h0_ptr", "c0_ptr", "y_ptr", "gates_ptr", "c_ptr", "hn_ptr",
+                 "cn_ptr", "dy_ptr", "dhn_ptr", "dcn_ptr", "dgx_ptr", "dgh_ptr", "dh0_ptr", "dc0_ptr")
 
 FAMILIES = {
     "linear": _linear, "activation": _activation, "loss": _loss, "pool": _pool, "recurrent": _recurrent,
@@ -289,6 +291,8 @@ def compile_variant(variant: Variant, capability: int = 90) -> int:
     consts = {(fn.arg_names.index(name),): _resolve(value) for name, value in variant.constexprs.items()}
     source = ASTSource(fn=fn, signature=signature, constexprs=consts)
     options = {"num_warps": variant.warps, "num_stages": variant.stages}
+    if variant.maxnreg is not None:
+        options["maxnreg"] = variant.maxnreg
     compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
     return int(compiled.metadata.shared)
 

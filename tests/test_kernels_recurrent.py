@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 import torch
 
 from netc import kernels
-from netc.kernels import recurrent
+from netc.kernels import policy, recurrent, recurrent_layer
 
 MODULES = {"rnn_tanh": torch.nn.RNN, "rnn_relu": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 F64 = {"rtol": 1e-9, "atol": 1e-10}
@@ -117,8 +113,8 @@ def test_unbatched_input(kind: str, device: str) -> None:
 
 def _small_blocks(monkeypatch: pytest.MonkeyPatch, **changes: Any) -> None:
     """Shrink the launch settings of both targets, so small tests reach multi-program and fallback paths."""
-    for name in ("GPU_CONFIG", "INTERPRETER_CONFIG"):
-        monkeypatch.setattr(recurrent, name, dataclasses.replace(getattr(recurrent, name), **changes))
+    for name in ("RECURRENT_GPU", "RECURRENT_INTERPRETER"):
+        monkeypatch.setattr(policy, name, dataclasses.replace(getattr(policy, name), **changes))
 
 
 class _RefusingKernel:
@@ -130,7 +126,7 @@ class _RefusingKernel:
     def __getitem__(self, grid: tuple[int, ...]) -> Any:
         def launch(*args: Any, **kwargs: Any) -> None:
             self.launches += 1
-            raise recurrent.OutOfResources(300_000, 232_448, "shared memory")
+            raise recurrent_layer.OutOfResources(300_000, 232_448, "shared memory")
 
         return launch
 
@@ -151,9 +147,9 @@ def test_per_step_fallback(kind: str, device: str, monkeypatch: pytest.MonkeyPat
     """Hidden sizes above max_hidden take two launches per step; results must not change."""
     _small_blocks(monkeypatch, max_hidden=8, step_block=(4, 16))
     forward, backward = _RefusingKernel(), _RefusingKernel()  # a persistent launch would be counted
-    monkeypatch.setattr(recurrent, "seq_fwd_kernel", forward)
-    monkeypatch.setattr(recurrent, "seq_bwd_kernel", backward)
-    monkeypatch.setattr(recurrent, "_PERSISTENT_TOO_BIG", set())
+    monkeypatch.setattr(recurrent_layer, "seq_fwd_kernel", forward)
+    monkeypatch.setattr(recurrent_layer, "seq_bwd_kernel", backward)
+    monkeypatch.setattr(recurrent_layer, "_PERSISTENT_TOO_BIG", set())
     _compare(kind, (5, 7, 3, 9), 2, True, "sequence", device)  # layer 0 and 1 both fall back
     _compare(kind, (3, 1, 4, 17), 1, False, "last", device)
     assert (forward.launches, backward.launches) == (0, 0)  # the per-step path, never tried persistent
@@ -164,23 +160,23 @@ def test_falls_back_when_shared_memory_runs_out(kind: str, device: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A persistent kernel too big for the GPU runs per step instead, and is not retried."""
     forward, backward = _RefusingKernel(), _RefusingKernel()
-    monkeypatch.setattr(recurrent, "seq_fwd_kernel", forward)
-    monkeypatch.setattr(recurrent, "seq_bwd_kernel", backward)
-    monkeypatch.setattr(recurrent, "_PERSISTENT_TOO_BIG", set())
+    monkeypatch.setattr(recurrent_layer, "seq_fwd_kernel", forward)
+    monkeypatch.setattr(recurrent_layer, "seq_bwd_kernel", backward)
+    monkeypatch.setattr(recurrent_layer, "_PERSISTENT_TOO_BIG", set())
     _compare(kind, (3, 4, 5, 6), 2, True, "sequence", device)
-    assert (forward.launches, backward.launches) == (1, 1)  # both layers share one (cell, dtype, BLOCK_H)
+    assert (forward.launches, backward.launches) == (1, 1)  # both layers share one (cell, dtype, BLOCK_J)
 
 
 @pytest.mark.parametrize("kind", ["rnn_relu", "lstm", "gru"])
 def test_batch_split_over_programs(kind: str, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """19 rows at 16 per program: two programs, the second mostly masked."""
     _small_blocks(monkeypatch, seq_block_n=16)
-    forward = _RecordingKernel(recurrent.seq_fwd_kernel)
-    backward = _RecordingKernel(recurrent.seq_bwd_kernel)
-    monkeypatch.setattr(recurrent, "seq_fwd_kernel", forward)
-    monkeypatch.setattr(recurrent, "seq_bwd_kernel", backward)
+    forward = _RecordingKernel(recurrent_layer.seq_fwd_kernel)
+    backward = _RecordingKernel(recurrent_layer.seq_bwd_kernel)
+    monkeypatch.setattr(recurrent_layer, "seq_fwd_kernel", forward)
+    monkeypatch.setattr(recurrent_layer, "seq_bwd_kernel", backward)
     _compare(kind, (19, 5, 3, 6), 1, True, "sequence", device)
-    assert forward.grids == backward.grids == [(2,)]  # the persistent kernels ran, over two programs
+    assert forward.grids == backward.grids == [(2, 1)]  # the persistent kernels ran, over two programs
 
 
 @pytest.mark.parametrize("kind", ["rnn_tanh", "lstm", "gru"])
@@ -285,52 +281,10 @@ def test_only_weights_need_grad(device: str) -> None:
         torch.testing.assert_close(mine, ref, **F64)
 
 
-# Compiles the persistent kernels for sm_90 with the GPU launch settings (no GPU needed: triton
-# ships ptxas) and prints their shared memory in bytes, for the largest hidden size they take.
-_COMPILE_FOR_SM90 = """
-import json, os
-os.environ["TRITON_INTERPRET"] = "0"
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from netc.kernels import recurrent
-cfg = recurrent.GPU_CONFIG
-block_n, block_h, warps = recurrent._seq_blocks(cfg, 64, cfg.max_hidden)
-shared = {}
-for dtype in ("fp32", "fp64"):
-    for kernel in (recurrent.seq_fwd_kernel, recurrent.seq_bwd_kernel):
-        consts = {"CELL": 2, "G": 4, "HAS_BIAS": True, "BLOCK_N": block_n, "BLOCK_H": block_h,
-                  "PRECISION": cfg.precision}
-        consts = {name: value for name, value in consts.items() if name in kernel.arg_names}
-        signature = {name: "constexpr" if name in consts else "*" + dtype if name.endswith("_ptr") else "i32"
-                     for name in kernel.arg_names}
-        source = ASTSource(fn=kernel, signature=signature,
-                           constexprs={(kernel.arg_names.index(n),): v for n, v in consts.items()})
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                                  options={"num_warps": warps, "num_stages": cfg.seq_stages})
-        shared[dtype + " " + kernel.__name__] = compiled.metadata.shared
-print(json.dumps(shared))
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("NETC_TEST_GPU") == "1", reason="the GPU suite launches the kernels")
-def test_persistent_kernels_fit_gpu_shared_memory() -> None:
-    """At max_hidden, the lstm's persistent kernels (the largest) fit in shared memory: float32 (the
-    training path) in an A100's 163 KiB, float64 (tests only) in an H100/H200's 227 KiB; triton 3.6
-    needs 192 KiB for the float64 backward, where an A100 takes the per-step fallback."""
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
-    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    shared = json.loads(done.stdout.strip().splitlines()[-1])
-    limits = {"fp32": 163 * 1024, "fp64": 227 * 1024}
-    assert len(shared) == 4, shared
-    assert all(0 < size <= limits[name.split()[0]] for name, size in shared.items()), shared
-
-
 def test_exported_from_package() -> None:
-    assert (kernels.rnn, kernels.lstm, kernels.gru) == (recurrent.rnn, recurrent.lstm, recurrent.gru)
+    names = ("rnn", "lstm", "gru", "rnn_cell", "lstm_cell", "gru_cell")
+    assert all(getattr(kernels, name) is getattr(recurrent, name) for name in names)
+    assert all(name in kernels.__all__ for name in names)
 
 
 def _weights(device: str, *shapes: tuple[int, ...], dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
