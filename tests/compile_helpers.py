@@ -189,14 +189,17 @@ def _recurrent() -> list[Variant]:
     step_n, step_h = cfg.step_block
     out = []
     for dt in DTYPES:
-        for bias in (True, False):
+        # float32 on CUDA multiplies in tf32 by default (policy.recurrent_precision), ieee when disabled
+        precisions = ("ieee", "tf32") if dt == "fp32" else ("ieee",)
+        for bias, precision in itertools.product((True, False), precisions):
             consts = {"HAS_BIAS": bias, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
-                      "PRECISION": cfg.precision}
-            out.append(Variant(f"recurrent gemm {dt} bias={bias}", "recurrent_gemm", "_gemm_kernel",
+                      "PRECISION": precision}
+            tag = "" if precision == "ieee" else " tf32"
+            out.append(Variant(f"recurrent gemm {dt} bias={bias}{tag}", "recurrent_gemm", "_gemm_kernel",
                                _ptrs(dt, "a_ptr", "b_ptr", "bias_ptr", "c_ptr"), consts, cfg.gemm_warps))
         # x (N, T, F) @ W_ih^T: unit inner strides, as a contiguous input gives them
         unit = {"HAS_BIAS": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
-                "PRECISION": cfg.precision, "s_ak1": 1, "s_bk1": 1, "s_bias": 1}
+                "PRECISION": "ieee", "s_ak1": 1, "s_bk1": 1, "s_bias": 1}
         out.append(Variant(f"recurrent gemm {dt} unit strides", "recurrent_gemm", "_gemm_kernel",
                            _ptrs(dt, "a_ptr", "b_ptr", "bias_ptr", "c_ptr"), unit, cfg.gemm_warps))
         out.append(Variant(f"recurrent colsum {dt}", "recurrent_gemm", "_colsum_kernel",
