@@ -66,6 +66,15 @@ def _optional(check: Check) -> Check:
     return lambda value: None if value is None else check(value)
 
 
+def _normalization(value: Any) -> str | None:
+    """[mean, std] of the training inputs (predict and export apply them)."""
+    if not isinstance(value, list) or len(value) != 2:
+        return "must be [mean, std] with a finite mean and a positive finite std"
+    if _number()(value[0]) or _number(positive=True)(value[1]):
+        return "must be [mean, std] with a finite mean and a positive finite std"
+    return None
+
+
 _STRING = _of_type(str, "a string")
 _DICT = _of_type(dict, "an object")
 _LIST = _of_type(list, "a list")
@@ -94,6 +103,7 @@ META_FIELDS: dict[str, tuple[Check, bool, bool]] = {
     "epoch": (_integer(), False, True),
     "step": (_integer(), False, True),
     "metrics": (_DICT, False, False),
+    "normalization": (_normalization, False, False),  # absent in checkpoints written before it existed
 }
 
 

@@ -16,6 +16,8 @@ _COMMANDS: dict[str, str] = {
     "eval": "netc.runtime.eval_cmd",
     "check": "netc.runtime.check",
     "bench": "netc.runtime.bench",
+    "export": "netc.runtime.export_cmd",
+    "predict": "netc.runtime.predict_cmd",
 }
 
 
@@ -95,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="DIR", help="continue from the checkpoint in DIR")
     train.add_argument("--limit", type=_positive_int, metavar="N",
                        help="use only the first N training samples")
+    train.add_argument("--nproc", type=_positive_int, metavar="N",
+                       help="train data-parallel on N processes (torch.distributed; the batch is split)")
+    train.add_argument("--tensorboard", metavar="DIR",
+                       help="also log loss, accuracy, learning rate and step rate for TensorBoard in DIR")
 
     evaluate = commands.add_parser(
         "eval", help="test loss and accuracy of a checkpoint",
@@ -131,6 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run only these contenders (netc, netc-nograph, torch-eager, torch-graph, "
                        "torch-compile, torch-compile-ro)")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    export = commands.add_parser(
+        "export", help="write a trained network as an ONNX model and check it with ONNX Runtime",
+        description="Export the network of FILE with the weights of a checkpoint as ONNX (dynamic "
+        "batch), run it with ONNX Runtime on test images and compare with netc; exit 1 if they differ.",
+    )
+    export.add_argument("file", metavar="FILE", help="a .net file")
+    export.add_argument("--checkpoint", metavar="DIR", required=True, help="checkpoint directory")
+    export.add_argument("-o", "--output", metavar="PATH", help="the ONNX file to write (NAME.onnx)")
+
+    predict = commands.add_parser(
+        "predict", help="classify image files with a trained network",
+        description="Classify PNG or JPEG files of any size (converted to the dataset's grayscale "
+        "28x28, white on black) and print the top classes with their probabilities.",
+    )
+    predict.add_argument("file", metavar="FILE", help="a .net file")
+    predict.add_argument("--checkpoint", metavar="DIR", required=True, help="checkpoint directory")
+    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    predict.add_argument("--top", type=_positive_int, default=3, metavar="K", help="classes to show (3)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line and image")
+    _add_device(predict)
     return parser
 
 

@@ -62,3 +62,48 @@ def _plot_optional(axes: Any, epochs: list[dict[str, Any]], key: str, label: str
 def write_all(directory: str, history: list[dict[str, Any]], title: str) -> None:
     write_jsonl(directory, history)
     plot(directory, history, title)
+
+
+TENSORBOARD_HINT = "--tensorboard needs the optional TensorBoard package: pip install 'netc[tensorboard]'"
+
+
+class TensorBoard:
+    """Scalars for TensorBoard through torch.utils.tensorboard: per read of the loss, and per epoch.
+
+    Tags: train/loss (running mean of the epoch so far), train/lr, train/samples_per_s at global
+    steps; epoch/train_loss, epoch/val_loss, epoch/val_acc, epoch/seconds per epoch; test/loss,
+    test/acc at the end.
+    """
+
+    def __init__(self, directory: str) -> None:
+        from netc.dsl.errors import DataError
+
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise DataError(TENSORBOARD_HINT) from None
+        try:
+            self.writer = SummaryWriter(log_dir=directory)
+        except OSError as error:
+            why = error.strerror or error
+            raise DataError(f"cannot write TensorBoard logs in {directory}: {why}") from None
+
+    def step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
+        self.writer.add_scalar("train/loss", loss, step)
+        self.writer.add_scalar("train/lr", lr, step)
+        self.writer.add_scalar("train/samples_per_s", samples_per_s, step)
+
+    def record(self, record: dict[str, Any]) -> None:
+        """An epoch's record (epoch, step, train_loss, val_*, seconds) or the final test record."""
+        if "test_acc" in record:
+            step = int(record.get("step", record.get("epoch", 0)))
+            self.writer.add_scalar("test/loss", record["test_loss"], step)
+            self.writer.add_scalar("test/acc", record["test_acc"], step)
+        else:
+            for key in ("train_loss", "val_loss", "val_acc", "lr", "seconds"):
+                if key in record:
+                    self.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,8 +1,10 @@
-"""Training progress (step, loss, samples) -> a progress bar on stderr, or one line per epoch.
+"""Training progress (step, loss, samples) -> a tqdm bar on stderr, or one line per epoch.
 
-On a terminal the bar redraws in place with a carriage return, at most a few
-times a second; elsewhere (a log file, a pipe, a test) nothing is drawn
-during an epoch and only the epoch summaries print.
+On a terminal the bar is tqdm's (steps, ETA) with the loss and samples/s
+beside it, redrawn at most a few times a second: the trainer reads the loss
+from the device only when `due()` says a redraw is wanted. Elsewhere (a log
+file, a pipe, a test) nothing is drawn during an epoch and only the epoch
+summaries print.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import sys
 import time
 from typing import TextIO
 
-BAR_WIDTH = 24
+from tqdm import tqdm
+
 REDRAW_SECONDS = 0.2
 
 
@@ -28,44 +31,43 @@ class Progress:
     def __init__(self, stream: TextIO | None = None, interactive: bool | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.interactive = self.stream.isatty() if interactive is None else interactive
-        self.epoch, self.epochs, self.total = 0, 0, 0
+        self.bar: tqdm | None = None
         self.started = self.last_draw = 0.0
-        self.first_step = 0
-        self.width = 0  # length of the last bar drawn, to blank it out
 
     def start(self, epoch: int, epochs: int, total_steps: int, first_step: int = 0) -> None:
-        self.epoch, self.epochs, self.total, self.first_step = epoch, epochs, total_steps, first_step
         self.started = self.last_draw = time.perf_counter()
+        self._close()
+        if self.interactive:
+            self.bar = tqdm(total=total_steps, initial=first_step, desc=f"epoch {epoch}/{epochs}",
+                            unit="step", file=self.stream, leave=False, dynamic_ncols=True,
+                            mininterval=0.0, bar_format="{desc} [{bar:24}] {n}/{total}{postfix} "
+                            "ETA {remaining}")
+        self.first_step = first_step
 
     def due(self) -> bool:
         """Whether a redraw is due (callers read the loss from the device only then)."""
-        return self.interactive and time.perf_counter() - self.last_draw >= REDRAW_SECONDS
+        return self.bar is not None and time.perf_counter() - self.last_draw >= REDRAW_SECONDS
 
     def update(self, step: int, loss: float, samples: int) -> None:
-        """Draw the bar after `step` of `total` steps; `samples` seen this epoch so far."""
-        if not self.interactive:
+        """Draw the bar after `step` of the epoch's steps; `samples` seen this epoch so far."""
+        if self.bar is None:
             return
         now = time.perf_counter()
         self.last_draw = now
-        elapsed = max(now - self.started, 1e-9)
-        done = step - self.first_step
-        rate = samples / elapsed
-        eta = elapsed / max(done, 1) * (self.total - step)
-        filled = int(BAR_WIDTH * step / max(self.total, 1))
-        bar = "#" * filled + "." * (BAR_WIDTH - filled)
-        text = (f"epoch {self.epoch}/{self.epochs} [{bar}] {step}/{self.total} "
-                f"loss {loss:.4f}  {rate:,.0f} samples/s  ETA {format_duration(eta)}")
-        self.stream.write("\r" + text.ljust(self.width))
-        self.stream.flush()
-        self.width = len(text)
+        rate = samples / max(now - self.started, 1e-9)
+        self.bar.set_postfix_str(f"loss {loss:.4f}  {rate:,.0f} samples/s", refresh=False)
+        self.bar.update(step - self.bar.n)
 
     def finish(self, line: str) -> None:
         """Replace the bar with the epoch's summary line."""
-        if self.interactive and self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-        self.width = 0
+        self._close()
         self.stream.write(line + "\n")
         self.stream.flush()
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()  # leave=False: tqdm blanks its line
+            self.bar = None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

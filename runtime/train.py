@@ -25,6 +25,7 @@ from netc.dsl.errors import DataError
 from netc.dsl.ir import OptimizerConfig, ScheduleConfig, TrainConfig
 from netc.runtime import checkpoint as ckpt
 from netc.runtime import checkpoint_schema as schema
+from netc.runtime import distributed
 from netc.runtime import metrics
 from netc.runtime.data import Splits, batches, epoch_order, steps_per_epoch
 from netc.runtime.fastpath import TrainStep, make_train_step
@@ -141,7 +142,7 @@ class Trainer:
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, splits: Splits, config: TrainConfig,
                  out: str | None, meta: dict[str, Any], progress: Progress | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, world: distributed.World | None = None) -> None:
         self.net, self.optimizer, self.splits, self.config, self.out = net, optimizer, splits, config, out
         self.meta = meta  # source, source_sha256, name, seed, backend, ... (fixed for the run)
         self.progress = progress or Progress()
@@ -154,6 +155,9 @@ class Trainer:
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self._step: TrainStep | None = None
         self.saved_step: int | None = None  # the step of the last checkpoint in `out` (this run's or resumed)
+        self.tensorboard: metrics.TensorBoard | None = None  # set by `netc train --tensorboard`
+        self.world = world  # data-parallel: this rank's place (runtime.distributed); None: one process
+        self._loss_scale = 1.0  # this rank's share of the global batch mean (see runtime.distributed)
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -209,6 +213,14 @@ class Trainer:
             return self.net.loss(logits, targets, smoothing)
 
         example = (self.splits.train_x[: self.config.batch], self.splits.train_y[: self.config.batch])
+        if self.world is not None:
+            # DDP all-reduces gradients from its backward hooks; the step runs eagerly (no capture)
+            def scaled_loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+                return loss_fn(logits, targets) * self._loss_scale
+
+            module = distributed.wrap(self.net, self.splits.train_x.device)
+            return make_train_step(module, self.optimizer, scaled_loss_fn, example, capture=False,
+                                   clip=self.config.clip)
         # capture on CUDA; fastpath itself replays a per-step lr (netc's optimizers read it from
         # the device) or goes eager when torch.optim's would re-capture every step
         return make_train_step(self.net, self.optimizer, loss_fn, example, clip=self.config.clip)
@@ -218,6 +230,23 @@ class Trainer:
         if self.out is None or self.saved_step is None:
             return ""
         return f"; the last good checkpoint (step {self.saved_step}) is in {self.out}"
+    def _take_step(self, index: torch.Tensor, total: torch.Tensor) -> None:
+        """One optimizer step on the global batch `index`; its summed loss (this rank's part) into total."""
+        splits = self.splits
+        if self.world is None:
+            loss = self._step.gather(splits.train_x, splits.train_y, index)
+            total.add_(loss, alpha=index.shape[0])
+            return
+        local, self._loss_scale = distributed.local_share(index, self.world)
+        loss = self._step.gather(splits.train_x, splits.train_y, local)
+        total.add_(loss, alpha=index.shape[0] / self.world.size)  # = local mean * local count
+
+    def _epoch_total(self, total: torch.Tensor) -> float:
+        """The epoch's summed training loss over every rank (an all-reduce when data-parallel)."""
+        if self.world is None:
+            return float(total)
+        carried = self.state.loss_sum  # every rank restored the same partial sum
+        return float(distributed.all_sum(total - carried)) + carried
 
     def _check(self, total: float, epoch: int) -> None:
         if not math.isfinite(total):
@@ -240,8 +269,7 @@ class Trainer:
             if per_step_lr:
                 self._set_lr(epoch, state.step)
             batch_index = order[index * size:(index + 1) * size]
-            loss = self._step.gather(splits.train_x, splits.train_y, batch_index)
-            total.add_(loss, alpha=batch_index.shape[0])
+            self._take_step(batch_index, total)
             state.step, state.batch = state.step + 1, index + 1
             samples += batch_index.shape[0]
             if self.progress.due() or state.batch % CHECK_EVERY == 0:
@@ -249,13 +277,19 @@ class Trainer:
                 value = float(total)
                 self._check(value, epoch)
                 self.progress.update(state.batch, value / seen, samples)
+                self._observe_step(value / seen, samples)
             if self.interrupt.raised or (self.stop_after is not None and state.step >= self.stop_after):
                 state.loss_sum = float(total)
                 self._check(state.loss_sum, epoch)
                 return None
-        value = float(total)
+        value = self._epoch_total(total)
         self._check(value, epoch)
         return value / splits.train_x.shape[0]
+
+    def _observe_step(self, loss: float, samples: int) -> None:
+        if self.tensorboard is not None:
+            rate = samples / max(self.progress.elapsed(), 1e-9)
+            self.tensorboard.step(self.state.step, loss, self.optimizer.param_groups[0]["lr"], rate)
 
     def _finish_epoch(self, epoch: int, train_loss: float, seconds: float) -> None:
         val_loss, val_acc = evaluate(self.net, self.splits.val_x, self.splits.val_y)
@@ -267,6 +301,8 @@ class Trainer:
             line += f"  val loss {val_loss:.4f}  val accuracy {100 * val_acc:.2f}%"
         self.progress.finish(f"{line}  ({format_duration(seconds)})")
         self.state.history.append(record)
+        if self.tensorboard is not None:
+            self.tensorboard.record(record)
         self.state.epoch, self.state.batch, self.state.loss_sum = epoch + 1, 0, 0.0
         self.save()
 
@@ -287,5 +323,7 @@ class Trainer:
         test_loss, test_acc = evaluate(self.net, self.splits.test_x, self.splits.test_y)
         final = {"test_loss": test_loss, "test_acc": test_acc, "epoch": self.state.epoch}
         self.state.history = [r for r in self.state.history if "test_acc" not in r] + [final]
+        if self.tensorboard is not None:
+            self.tensorboard.record({**final, "step": self.state.step})
         self.save()
         return final

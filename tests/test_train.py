@@ -309,6 +309,6 @@ def test_progress_bar_on_a_terminal_and_one_line_per_epoch_elsewhere(dataset: st
             # 5 steps per epoch, each redrawn in place: "\r" + bar with loss, speed and ETA
             bars = [part for part in text.split("\r") if "samples/s" in part]
             assert len(bars) == 10 and "epoch 1/2 [" in bars[0]
-            assert " 1/5 loss " in bars[0] and "ETA" in bars[0]
+            assert " 1/5, loss " in bars[0] and "ETA" in bars[0]
         else:
             assert "\r" not in text and len(text.splitlines()) == 2
