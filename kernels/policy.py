@@ -195,11 +195,12 @@ def layer_norm_tile(row_len: int, dtype_bytes: int) -> tuple[int, int, int]:
 
     A row of up to 8192 float32 (4096 float64) values stays in registers (one pass over
     memory); longer rows loop over BLOCK_N columns three times. Short rows share a
-    program so each one still moves ~2048 elements.
+    program so each one still moves ~2048 elements; 4 float32 (2 float64) values
+    per thread keep the backward's live tiles near 128 registers, unspilled.
     """
     block_n = min(triton_pow2(row_len), 32768 // dtype_bytes)
     block_m = max(1, min(64, 2048 // block_n))
-    warps = 1 if interpreting() else min(16, max(1, block_m * block_n // 512))
+    warps = 1 if interpreting() else min(16, max(1, block_m * block_n * dtype_bytes // 2048))
     return block_m, block_n, warps
 
 
