@@ -113,11 +113,11 @@ def test_batch_norm_non_contiguous_layouts() -> None:
 
 @pytest.mark.parametrize("channels_minor", [False, True], ids=["nchw", "channels_last"])
 def test_batch_norm_split_reduction(monkeypatch: pytest.MonkeyPatch, channels_minor: bool) -> None:
-    """Many CTAs per channel block (5 splits of 2 tiles each, a ragged last one) combine exactly; the
-    arrival counters are back at 0 afterwards."""
-    monkeypatch.setattr(policy, "NORM_TILE", 16)
+    """Many CTAs per channel block (4 splits of (32 x 1) tiles, or 5 splits of 3 (8 x 4) tiles; the last
+    one ragged) combine exactly; the arrival counters are back at 0 afterwards."""
+    monkeypatch.setattr(policy, "NORM_TILE", 32)
     monkeypatch.setattr(policy, "norm_splits", lambda blocks, rows, block_r: 5)
-    tensors = _bn_tensors((5, 6, 3, 7), scale=2.0, offset=-40.0)  # R = 105 rows per channel
+    tensors = _bn_tensors((5, 3, 3, 7), scale=2.0, offset=-40.0)  # R = 105 rows per channel
     if channels_minor:
         tensors["input"] = tensors["input"].detach().to(memory_format=torch.channels_last).requires_grad_()
     compare("batch_norm", batch_norm, F.batch_norm, tensors, training=True, momentum=0.2)
