@@ -14,6 +14,7 @@ from netc.dsl import ast
 from netc.dsl.args import bind, did_you_mean
 from netc.dsl.errors import Diagnostic, Loc, NetError
 from netc.dsl.ir import INPUT, Graph, Node, Shape, TrainConfig
+from netc.dsl.limits import layer_count_problem, node_problem, shape_problem
 from netc.dsl.ops import ACTIVATIONS, MERGES, OPS, ShapeError, fmt_shape, merge_flops, merge_shape, numel
 from netc.dsl.parser import parse_program
 from netc.dsl.train import SETTINGS, check_train
@@ -161,6 +162,10 @@ class _Checker:
         if statements[0] is not inputs[0]:
             self._error(inputs[0].loc, "`input` must be the first statement of the net")
         layers = [s for s in statements if not isinstance(s, ast.Input)]  # nested ones are caught later
+        too_long = layer_count_problem(layers)  # counted through every block before anything expands
+        if too_long is not None:
+            self._error(too_long[0].loc, too_long[1])
+            return None
         nodes, _, out_shape = self._sequence(tuple(layers), INPUT, input_shape, "")
         self._dataset(train, inputs[0], input_shape, nodes, out_shape)
         if self.problems or input_shape is None:
@@ -185,6 +190,10 @@ class _Checker:
             if dim.value < 1:
                 self._error(dim.loc, f"shape dimensions must be at least 1, got {dim.text()}")
                 return None
+        too_large = shape_problem([dim.value for dim in dims], "the input shape")
+        if too_large:
+            self._error(args[0].loc, too_large)
+            return None
         return tuple(dim.value for dim in dims)
 
     # --- statements ---------------------------------------------------------------------------
@@ -304,8 +313,13 @@ class _Checker:
                 message += f" (input {fmt_shape(shape)})"
             self._error(layer.loc, message, shape=True)
             return None, None
-        node = Node(name, layer.name, attrs, (source,), (shape,), out, op.state(attrs, shape),
-                    op.flops(attrs, shape, out), layer.loc)
+        state = op.state(attrs, shape)
+        too_large = node_problem(out, {item.name: item.shape for item in state})  # no tensor that size exists
+        if too_large:
+            self._error(layer.loc, too_large, shape=True)
+            return None, None
+        node = Node(name, layer.name, attrs, (source,), (shape,), out, state, op.flops(attrs, shape, out),
+                    layer.loc)
         return node, out
 
     # --- the dataset -------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 
 from netc.dsl.args import REQUIRED, ArgSpec
 from netc.dsl.ir import Shape, State
+from netc.dsl.limits import MAX_RECURRENT_LAYERS
 
 Attrs = dict[str, Any]
 
@@ -267,7 +268,7 @@ def _pair(name: str, default: Any = REQUIRED, positional: bool = False, minimum:
 
 _BIAS = ArgSpec("bias", "bool", True)
 _CEIL = ArgSpec("ceil_mode", "bool", False)
-_LAYERS = _size("layers", default=1)
+_LAYERS = ArgSpec("layers", "int", 1, minimum=1, maximum=MAX_RECURRENT_LAYERS)
 _OUTPUT = ArgSpec("output", "choice", "last", choices=("last", "sequence"), noun="output")
 _POOL_ARGS = (_pair("kernel", positional=True), _pair("stride", None), _pair("padding", (0, 0), minimum=0))
 

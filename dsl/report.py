@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from netc.dsl import ast
 from netc.dsl.ir import Graph, Node
+from netc.dsl.limits import MemoryEstimate, estimate_memory, format_bytes
 from netc.dsl.ops import fmt_shape
 
 _HEADER = ("line", "name", "layer", "output", "params", "FLOPs")
@@ -14,12 +16,17 @@ _HEADER = ("line", "name", "layer", "output", "params", "FLOPs")
 
 def layer_text(graph: Graph, node: Node) -> str:
     """The statement as written in the source (from its column to the end of the line, without comment)."""
-    lines = graph.source.split("\n")
+    lines = _source_lines(graph.source)  # split once per source: 20,000 rows stay linear
     if not 0 < node.loc.line <= len(lines):
         return node.op
     text = lines[node.loc.line - 1][node.loc.column - 1:]
     text = text.split("#", 1)[0] if '"' not in text else text  # strings may hold '#'
     return " ".join(text.replace("{", " ").split()) or node.op
+
+
+@functools.lru_cache(maxsize=4)
+def _source_lines(source: str) -> tuple[str, ...]:
+    return tuple(source.split("\n"))
 
 
 def name_key(name: str) -> tuple[int, ...]:
@@ -59,7 +66,19 @@ def table_dict(graph: Graph) -> dict[str, Any]:
         "output_shape": list(graph.output_shape), "layers": rows(graph),
         "total_params": graph.param_count, "total_buffers": _buffer_count(graph),
         "total_flops": graph.flops, "train": _jsonable(train),
+        "memory": _memory(graph),
     }
+
+
+def _memory(graph: Graph) -> dict[str, int]:
+    """Bytes of one training step at the file's batch, by kind (an estimate)."""
+    estimate = _estimate(graph)
+    return {"batch": graph.train.batch, "total": estimate.total, **dataclasses.asdict(estimate)}
+
+
+def _estimate(graph: Graph) -> MemoryEstimate:
+    optimizer = graph.train.optimizer
+    return estimate_memory(graph, graph.train.batch, optimizer.name, optimizer.momentum)
 
 
 def format_table(graph: Graph) -> str:
@@ -90,6 +109,9 @@ def format_table(graph: Graph) -> str:
     text.append(f"input {fmt_shape(graph.input_shape)} -> output {fmt_shape(graph.output_shape)}: "
                 f"{len(body)} layers, {graph.param_count:,} parameters{buffers}, "
                 f"{graph.flops:,} forward FLOPs per sample")
+    memory = _estimate(graph)
+    text.append(f"memory to train with batch {graph.train.batch} (estimate): {format_bytes(memory.total)} "
+                f"({memory.describe()})")
     return "\n".join(text)
 
 

@@ -25,6 +25,7 @@ from netc.dsl.ir import Graph, Node
 from netc.runtime import backends
 from netc.runtime.layers import Block, build_layer
 from netc.runtime.lower import Fusion, Network, compile, find_fusions, resolve_target
+from netc.runtime.memory import check_fits
 
 # Default largest relative error: float32 with ieee dots differs from PyTorch only by summation order.
 TOLERANCE_IEEE = 1e-4
@@ -267,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
 
     graph = parse_path(args.file)
     device, _, _ = resolve_target(args.device, "triton")
+    check_fits(graph, args.batch, device, copies=2)  # a triton and a torch copy; refuse before allocating
     tolerance, precision = default_tolerance(device)
     if args.tol is not None:
         tolerance, precision = args.tol, "given by --tol"

@@ -261,7 +261,8 @@ def test_repeat_reports_a_wrong_layer_once():
 
 def test_repeat_expansion_is_bounded():
     errors = _errors(_net(*_VECTOR, "repeat 1000 {", "repeat 1000 {", "relu", "}", "}", "linear 10"))
-    assert errors[0][2] == "this `repeat` makes the net longer than 100000 layers"
+    assert errors[0][2] == ("this `repeat` makes the net 1,000,000 layers long after expansion; netc allows "
+                            "at most 100,000 (every repeat, residual and parallel counted)")
 
 
 def test_parse_path_reads_files_only(tmp_path):

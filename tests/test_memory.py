@@ -51,6 +51,40 @@ def test_layers_are_counted_through_every_block_without_expanding() -> None:
     assert statement.loc.line == 13 and "makes the net 100,005 layers long" in message
 
 
+@pytest.mark.parametrize(("source", "where", "message"), [
+    ("    lstm 10 layers=1000000", (3, 20), "'layers' must be at most 100, got 1000000"),
+    ("    linear 3000000000", (3, 5), "the output [28, 3000000000] has a dimension of 3,000,000,000; netc "
+     "allows at most 2,147,483,647 (2**31 - 1) per dimension"),
+    ("    repeat 1000 {\n    residual {\n    repeat 1000 {\n    relu\n}\n}\n}", (3, 5),
+     "this `repeat` makes the net 1,001,000 layers long after expansion; netc allows at most 100,000 (every "
+     "repeat, residual and parallel counted)"),
+])
+def test_the_checker_rejects_what_cannot_exist(source: str, where: tuple[int, int], message: str) -> None:
+    with pytest.raises(NetError) as caught:
+        parse(f"net a {{\n    input [28, 28]\n{source}\n    linear 10\n}}\n")
+    assert ((caught.value.line, caught.value.column), caught.value.message) == (where, message)
+
+
+def test_an_input_dimension_beyond_the_limit_is_refused() -> None:
+    expected = "the input shape \\[99999999999, 1\\] has a dimension of 99,999,999,999"
+    with pytest.raises(NetError, match=expected):
+        parse("net a {\n    input [99999999999, 1]\n    flatten\n    linear 10\n}\n")
+
+
+def test_compile_prints_the_memory_estimate_and_its_table_is_linear() -> None:
+    from netc.dsl import report
+
+    graph = parse(LENET)
+    assert format_bytes(estimate_memory(graph, 100, "sgd", 0.9).total) in report.format_table(graph)
+    assert "memory to train with batch 100 (estimate): 233 MB (parameters 291 KB" in report.format_table(
+        graph)
+    assert report.table_dict(graph)["memory"]["total"] == estimate_memory(graph, 100, "sgd", 0.9).total
+    big = parse("net big {\n    input [784]\n" + "    relu\n" * 3000 + "    linear 10\n}\n")
+    report._source_lines.cache_clear()
+    assert len(report.rows(big)) == 3001
+    assert report._source_lines.cache_info().misses == 1  # the source is split once, not once per row
+
+
 def test_memory_estimate_of_lenet_counts_every_part() -> None:
     graph = parse(LENET)
     estimate = estimate_memory(graph, 100, "sgd", momentum=0.9)
@@ -78,8 +112,8 @@ def test_a_net_that_cannot_fit_is_refused_before_allocating(monkeypatch: pytest.
         memory.check_fits(small, 100_000_000, "cpu")
 
 
-@pytest.mark.parametrize("command", ["train", "bench"])
-def test_train_and_bench_refuse_before_allocating(tmp_path: Path, command: str) -> None:
+@pytest.mark.parametrize("command", ["train", "bench", "check"])
+def test_train_bench_and_check_refuse_before_allocating(tmp_path: Path, command: str) -> None:
     from test_cli_train import netc
 
     net = tmp_path / "big.net"
