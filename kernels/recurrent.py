@@ -6,7 +6,8 @@ initial states, stacked layers with dropout between them (training only,
 drawn on the device by `dropout.py`'s Philox kernel, seeded from torch's
 generator), bidirectional layers, unbatched inputs. Each layer is one
 `recurrent_layer.RecurrentLayer` (both directions in one persistent launch);
-a cell is a one-step layer with its hx as the initial state.
+a cell is a one-step layer with its hx as the initial state. The lstm's
+proj_size runs step by step (`recurrent_proj.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from netc.kernels.dropout import dropout as _dropout
 from netc.kernels.recurrent_cells import GRU, LSTM, RNN_RELU, RNN_TANH
+from netc.kernels.recurrent_proj import projected_lstm_layer
 from netc.kernels.recurrent_layer import GATES, GPU_CONFIG, NAMES, RecurrentLayer, _seq_blocks  # noqa: F401
 Params = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]  # w_ih, w_hh, b_ih, b_hh
 
@@ -105,15 +107,21 @@ def _run_stack(
     for layer, dirs in enumerate(all_params):
         for params in dirs:
             _check_params(name, x.shape[-1], tuple(params[:4]), GATES[cell], out_size)  # type: ignore[arg-type]
+            w_hr = params[4]
+            if w_hr is not None and tuple(w_hr.shape) != (proj, params[1].shape[0] // 4):
+                raise ValueError(f"{name}: weight_hr {tuple(w_hr.shape)}, expected "
+                                 f"({proj}, {params[1].shape[0] // 4})")
             _check_same(name, x, params)
         _check_same(name, x, [h0, c0])
         states = slice(layer * ndir, (layer + 1) * ndir)
         h0_l = h0[states] if h0 is not None else None
         c0_l = c0[states] if c0 is not None else None
         if proj:
-            raise NotImplementedError("lstm: proj_size > 0 is not supported yet")
-        outputs = RecurrentLayer.apply(x, h0_l, c0_l, cell, ndir, *[w for d in dirs for w in d[:4]])
-        x = outputs[0]
+            x, h_n, c_n = projected_lstm_layer(x, h0_l, c0_l, dirs)
+            outputs = (x, h_n, c_n)
+        else:
+            outputs = RecurrentLayer.apply(x, h0_l, c0_l, cell, ndir, *[w for d in dirs for w in d[:4]])
+            x = outputs[0]
         last_h.append(outputs[1])
         if cell == LSTM.value:
             last_c.append(outputs[2])
