@@ -435,5 +435,6 @@ def batch_norm(
                          f"{tuple(input.shape)}")
     running = None if running_mean is None else (running_mean, running_var)
     x3 = input.reshape(input.shape[0], input.shape[1], math.prod(input.shape[2:]))  # a view when it can be
+    weight, bias = (None if t is None else t.contiguous() for t in (weight, bias))  # kernels index them flat
     y3 = _BatchNorm.apply(x3, weight, bias, running, training, float(momentum), float(eps))
     return y3.view(shape)

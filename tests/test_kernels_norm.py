@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_helpers_dense import check
+from kernel_helpers_dense import check, record_launches
 
 from netc.kernels import norm_common, policy
 from netc.kernels.layer_norm import layer_norm
@@ -106,6 +108,10 @@ def test_batch_norm_non_contiguous_layouts() -> None:
     compare("batch_norm", batch_norm, F.batch_norm, sliced, training=True,
             grad_layout=lambda g: g.transpose(0, 3).contiguous().transpose(0, 3))
     compare("batch_norm", batch_norm, F.batch_norm, sliced, training=False)
+    strided = _bn_tensors((5, 4, 3))  # weight and bias every other element of a longer vector
+    strided["weight"] = torch.randn(8, dtype=F64)[::2].requires_grad_()
+    strided["bias"] = torch.randn(12, dtype=F64)[::3].requires_grad_()
+    compare("batch_norm", batch_norm, F.batch_norm, strided, training=True)
     flat = _bn_tensors((6, 11))
     flat["input"] = flat["input"].detach().t().contiguous().t().requires_grad_()  # (N, C), channel stride N
     compare("batch_norm", batch_norm, F.batch_norm, flat, training=True)
@@ -123,6 +129,20 @@ def test_batch_norm_split_reduction(monkeypatch: pytest.MonkeyPatch, channels_mi
     compare("batch_norm", batch_norm, F.batch_norm, tensors, training=True, momentum=0.2)
     compare("batch_norm", batch_norm, F.batch_norm, tensors, training=False)
     assert all(int(t.abs().sum()) == 0 for t in norm_common._TICKETS.values())
+
+
+def test_batch_norm_launches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training: statistics (running ones included) and normalize, then one reduction and one dx pass;
+    eval with only x requiring grad: one launch each way."""
+    module = importlib.import_module("netc.kernels.norm")
+    names = ("_bn_stats_kernel", "_bn_apply_kernel", "_bn_grad_stats_kernel", "_bn_grad_apply_kernel")
+    launches = {name: record_launches(monkeypatch, module, name) for name in names}
+    tensors = _bn_tensors((4, 3, 5))
+    batch_norm(**tensors, training=True).sum().backward()
+    assert [len(launches[name]) for name in names] == [1, 1, 1, 1]
+    x = tensors["input"].detach().requires_grad_()
+    batch_norm(x, tensors["running_mean"], tensors["running_var"], training=False).sum().backward()
+    assert [len(launches[name]) for name in names] == [1, 2, 1, 2]
 
 
 def test_batch_norm_float32_is_numerically_safe() -> None:
@@ -194,6 +214,8 @@ def test_layer_norm_non_contiguous() -> None:
     rows["input"] = rows["input"].detach()[::2].requires_grad_()
     compare("layer_norm", layer_norm, F.layer_norm, rows, normalized_shape=(9,),
             grad_layout=lambda g: g.t().contiguous().t())
+    rows["weight"] = torch.randn(18, dtype=F64)[::2].requires_grad_()
+    compare("layer_norm", layer_norm, F.layer_norm, rows, normalized_shape=(9,))
     cols = _ln_tensors((4, 6, 14), 6)
     cols["input"] = cols["input"].detach().transpose(1, 2)[:, ::2].requires_grad_()  # (4, 7, 6)
     compare("layer_norm", layer_norm, F.layer_norm, cols, normalized_shape=(6,))
