@@ -19,6 +19,13 @@ F64 = torch.float64
 Tensors = dict[str, "torch.Tensor | None"]
 
 
+@pytest.fixture(autouse=True)
+def _on_device(device: str) -> object:
+    """Every tensor these tests make lives on the suite's device (cuda in the GPU suite)."""
+    with torch.device(device):
+        yield
+
+
 def _run(fn: Callable, tensors: Tensors, grad: torch.Tensor | Callable, kwargs: dict) -> tuple:
     """y = fn(**tensors, **kwargs) (called once: it may update running statistics) and the gradient of
     every tensor that requires grad for output gradient `grad` (a tensor, or a function of y)."""

@@ -141,21 +141,22 @@ def _op_sample(name: str, op: Any, sample: Any) -> str:
 
 
 @pytest.mark.parametrize("name", OURS)
-def test_opinfo_samples(name: str, torch_testing: tuple[list[Any], list[Any]]) -> None:
+def test_opinfo_samples(name: str, torch_testing: tuple[list[Any], list[Any]], device: str) -> None:
     op_db, _ = torch_testing
     ops = [op for op in op_db if op.name == f"nn.functional.{name}" and op.variant_test_name == ""]
     assert len(ops) == 1, name
     outcomes = [_op_sample(name, ops[0], sample)
-                for sample in ops[0].sample_inputs("cpu", torch.float64, requires_grad=True)]
+                for sample in ops[0].sample_inputs(device, torch.float64, requires_grad=True)]
     print(f"OpInfo nn.functional.{name}: {outcomes.count('pass')} passed, "
           f"{outcomes.count('unsupported')} not supported (NotImplementedError); largest error so far "
           f"{WORST['error']:.2g}")
     assert outcomes.count("pass") >= 1 and set(outcomes) <= {"pass", "unsupported"}
 
 
-def _module_sample(info: Any, sample: Any, training: bool, monkeypatch: pytest.MonkeyPatch) -> str:
+def _module_sample(info: Any, sample: Any, training: bool, patcher: pytest.MonkeyPatch, device: str) -> str:
     """Run one ModuleInfo sample on a torch module and on its copy that calls our function."""
-    ref = info.module_cls(*sample.constructor_input.args, **sample.constructor_input.kwargs).double()
+    constructor = sample.constructor_input
+    ref = info.module_cls(*constructor.args, **constructor.kwargs).double().to(device)
     ref.train(training)
     ours = copy.deepcopy(ref)
     grad = _Grad()
@@ -172,7 +173,7 @@ def _module_sample(info: Any, sample: Any, training: bool, monkeypatch: pytest.M
         for module in (ref, ours):
             inputs = _clone((sample.forward_input.args, sample.forward_input.kwargs))
             leaves = [t for t in _tensors(inputs) if t.requires_grad] + list(module.parameters())
-            with monkeypatch.context() as patch:
+            with patcher.context() as patch:
                 if module is ours:
                     patch.setattr(F, MODULES[info.module_cls.__name__], counted)
                 try:
@@ -192,12 +193,12 @@ def _module_sample(info: Any, sample: Any, training: bool, monkeypatch: pytest.M
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("module_name", MODULES)
 def test_moduleinfo_samples(module_name: str, training: bool, torch_testing: tuple[list[Any], list[Any]],
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+                            monkeypatch: pytest.MonkeyPatch, device: str) -> None:
     _, module_db = torch_testing
     (info,) = [info for info in module_db if info.module_cls.__name__ == module_name]
-    samples = info.module_inputs_func(info, device="cpu", dtype=torch.float64, requires_grad=True,
+    samples = info.module_inputs_func(info, device=device, dtype=torch.float64, requires_grad=True,
                                       training=training)
-    outcomes = [_module_sample(info, sample, training, monkeypatch) for sample in samples]
+    outcomes = [_module_sample(info, sample, training, monkeypatch, device) for sample in samples]
     mode = "train" if training else "eval"
     print(f"ModuleInfo {module_name} ({mode}): {outcomes.count('pass')} passed, "
           f"{outcomes.count('unsupported')} not supported (NotImplementedError); largest error so far "
