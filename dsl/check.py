@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from netc.dsl import ast
 from netc.dsl.args import bind, did_you_mean
-from netc.dsl.errors import Diagnostic, Loc, NetError
+from netc.dsl.errors import MAX_SHOWN_ERRORS, Diagnostic, Loc, NetError
 from netc.dsl.ir import INPUT, Graph, Node, Shape, TrainConfig
 from netc.dsl.limits import layer_count_problem, node_problem, shape_problem
 from netc.dsl.ops import ACTIVATIONS, MERGES, OPS, ShapeError, fmt_shape, merge_flops, merge_shape, numel
@@ -109,7 +109,12 @@ class _Checker:
             graph = self._net(net, train)
         if self.problems or graph is None:
             raise NetError(self._diagnostics())
-        warnings = [self._diagnostic("warning", loc, message) for loc, message in find_warnings(graph)]
+        found = find_warnings(graph)
+        warnings = [self._diagnostic("warning", loc, message) for loc, message in found[:MAX_SHOWN_ERRORS]]
+        if len(found) > MAX_SHOWN_ERRORS:  # bounded output: the rest are counted, not printed
+            more = len(found) - MAX_SHOWN_ERRORS
+            loc = found[MAX_SHOWN_ERRORS][0]
+            warnings.append(Diagnostic("warning", f"... and {more:,} more warnings like these", loc))
         return CheckResult(graph, warnings)
 
     # --- reporting ----------------------------------------------------------------------------

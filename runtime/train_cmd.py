@@ -16,6 +16,7 @@ from netc.dsl.ir import Graph, TrainConfig
 from netc.runtime import checkpoint as ckpt
 from netc.runtime import distributed
 from netc.runtime import metrics
+from netc.runtime.checkpoint_schema import check_tensors
 from netc.runtime.data import Splits, prepare
 from netc.runtime.memory import check_fits
 from netc.runtime.progress import Progress
@@ -68,6 +69,7 @@ def load_trained(graph: Graph, directory: str, device: str, backend: str,
     checkpoint = ckpt.load(directory)
     ckpt.check_source(checkpoint, graph, graph.path, advice=advice)
     net = load_network(graph, device, backend, int(checkpoint.meta.get("seed", graph.train.seed)))
+    check_tensors(checkpoint.model, net.state_dict(), f"{directory}/{ckpt.MODEL_FILE}", "weights")  # no casts
     try:
         net.load_state_dict(checkpoint.model)
     except (RuntimeError, KeyError) as error:

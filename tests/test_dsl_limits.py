@@ -99,3 +99,12 @@ def test_parser_tables_are_cached_in_a_private_directory(tmp_path: Path,
         assert parser._cache_file("grammar") is False  # no cache directory: parse without one
     finally:
         parser._parser.cache_clear()
+
+
+def test_warnings_are_capped_and_counted() -> None:
+    from netc.dsl import parse_with_warnings
+
+    result = parse_with_warnings("net a {\n    input [784]\n" + "    relu\n" * 300 + "    linear 10\n}\n")
+    assert len(result.warnings) == MAX_SHOWN_ERRORS + 1
+    assert result.warnings[-1].message == "... and 249 more warnings like these"
+    assert result.warnings[-1].loc.line == 3 + 1 + MAX_SHOWN_ERRORS  # the first one not shown

@@ -46,6 +46,10 @@ def test_layers_are_counted_through_every_block_without_expanding() -> None:
     assert statement.loc.line == 4  # the innermost block too large on its own: the middle repeat
     assert message == ("this `repeat` makes the net 1,001,000 layers long after expansion; netc allows at "
                        f"most {MAX_LAYERS:,} (every repeat, residual and parallel counted)")
+    branch = " branch {\n repeat 60000 {\n relu\n }\n }\n"
+    parallel = parse_program(f"net a {{\n input [784]\n parallel add {{\n{branch}{branch} }}\n}}\n")
+    assert expanded_layers(parallel.blocks[0].body) == 120_001  # both branches and the merge
+    assert layer_count_problem(parallel.blocks[0].body)[0].loc.line == 3
     many = parse_program("net a {\n input [784]\n" + " relu\n" * 10 + " repeat 99995 {\n relu\n }\n}\n")
     statement, message = layer_count_problem(many.blocks[0].body)
     assert statement.loc.line == 13 and "makes the net 100,005 layers long" in message
