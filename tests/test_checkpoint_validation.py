@@ -213,3 +213,17 @@ def test_weights_that_diverge_on_the_last_step_are_never_saved(dataset: str, tmp
         ckpt.save = real_save  # type: ignore[assignment]
     assert "last good checkpoint" not in str(err.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_netc_train_keeps_another_nets_checkpoint_in_out(tmp_path: Path) -> None:
+    from test_cli_train import netc, tiny_net
+
+    out = tmp_path / "run"
+    model = torch.nn.Linear(784, 10)
+    ckpt.save(str(out), model.state_dict(), {"state": {}, "param_groups": []}, _program_meta())
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    result = netc("train", str(tiny_net(tmp_path)), "--out", str(out), "--device", "cpu")
+    assert result.returncode == 1
+    assert f"error: {out} holds a checkpoint of a different net (tiny); it is not overwritten" in (
+        result.stderr)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
