@@ -123,6 +123,15 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """`augment`: per-image random affine transforms of the training images (runtime.augment)."""
+
+    shift: float = 0.0  # pixels, up to, along each axis
+    rotate: float = 0.0  # degrees, up to, either way
+    scale: float = 0.0  # zoom factor drawn in [1 - scale, 1 + scale]
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     batch: int = 64
@@ -132,6 +141,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     clip: float | None = None  # max global gradient norm, or off
+    augment: AugmentConfig | None = None  # off
     seed: int = 0
     locs: Mapping[str, Loc] = field(default_factory=dict)  # setting name -> where it was written
 

@@ -5,6 +5,8 @@ Defaults follow spec/LANGUAGE.md. Choices made where the spec is silent:
   0.1, as torch.optim.lr_scheduler.StepLR's.
 - `optimizer sgd` takes `dampening` too (torch.optim.SGD's); `nesterov=true` needs
   momentum > 0 and dampening 0, as PyTorch requires.
+- `augment` takes shift (pixels, at most 100), rotate (degrees, at most 180) and scale (below 1);
+  all three 0 (a bare `augment`) leaves the images as they are.
 - `seed` is in [0, 2**32 - 1] (the epoch order seeds torch with seed * 1000003 + epoch,
   which must fit 64 bits); `clip` and `lr` must be positive.
 """
@@ -17,7 +19,7 @@ from typing import Any
 from netc.dsl import ast
 from netc.dsl.args import ArgError, ArgSpec, bind, convert, did_you_mean
 from netc.dsl.errors import Loc
-from netc.dsl.ir import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
+from netc.dsl.ir import AugmentConfig, DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 
 DATASETS = ("mnist", "fashion_mnist")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -64,8 +66,12 @@ _SIMPLE: dict[str, tuple[tuple[ArgSpec, ...], Callable[[dict], dict[str, Any]]]]
     "clip": ((ArgSpec("clip", "float", positional=True, above=0.0),), lambda v: {"clip": v["clip"]}),
     "seed": ((ArgSpec("seed", "int", positional=True, minimum=0, maximum=MAX_SEED),),
              lambda v: {"seed": v["seed"]}),
+    "augment": ((ArgSpec("shift", "float", 0.0, minimum=0.0, maximum=100.0),
+                 ArgSpec("rotate", "float", 0.0, minimum=0.0, maximum=180.0),
+                 ArgSpec("scale", "float", 0.0, minimum=0.0, below=1.0)),
+                lambda v: {"augment": AugmentConfig(v["shift"], v["rotate"], v["scale"])}),
 }
-SETTINGS = ("data", "batch", "epochs", "optimizer", "loss", "schedule", "clip", "seed")
+SETTINGS = ("data", "batch", "epochs", "optimizer", "loss", "schedule", "clip", "augment", "seed")
 
 
 def check_train(block: ast.TrainBlock | None, layer_names: tuple[str, ...] = ()) -> tuple[TrainConfig, list]:

@@ -62,6 +62,7 @@ class Splits:
     classes: int
     mean: float = 0.0  # the normalization applied (0, 1 when off)
     std: float = 1.0
+    sample_shape: tuple[int, ...] = (28, 28)  # one sample as the dataset stores it: (H, W) for images
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
@@ -222,7 +223,7 @@ def prepare(
         train_x=samples[train_idx], train_y=labels[train_idx],
         val_x=samples[val_idx], val_y=labels[val_idx],
         test_x=_tensor(raw.test_x).reshape(len(raw.test_x), *input_shape), test_y=_tensor(raw.test_y),
-        classes=classes,
+        classes=classes, sample_shape=tuple(int(d) for d in raw.train_x.shape[1:]),
     )
     if config.normalize:
         _normalize(splits)

@@ -119,6 +119,12 @@ def local_share(index: torch.Tensor, world: World) -> tuple[torch.Tensor, float]
     return share, share.shape[0] * world.size / index.shape[0]
 
 
+def share_offset(count: int, world: World) -> int:
+    """Where this rank's share starts in a global batch of `count` (torch.tensor_split's sizes)."""
+    base, extra = divmod(count, world.size)
+    return world.rank * base + min(world.rank, extra)
+
+
 def all_sum(value: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over every rank, in place (a gloo/NCCL all-reduce); returns it."""
     import torch.distributed as dist

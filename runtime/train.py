@@ -21,12 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from netc.dsl.errors import DataError
+from netc.dsl.errors import DataError, NetError
 from netc.dsl.ir import OptimizerConfig, ScheduleConfig, TrainConfig
 from netc.runtime import checkpoint as ckpt
 from netc.runtime import checkpoint_schema as schema
 from netc.runtime import distributed
 from netc.runtime import metrics
+from netc.runtime.augment import augment_batch, step_generator
 from netc.runtime.data import Splits, batches, epoch_order, steps_per_epoch
 from netc.runtime.fastpath import TrainStep, make_train_step
 from netc.runtime.progress import Progress, format_duration
@@ -232,14 +233,32 @@ class Trainer:
         return f"; the last good checkpoint (step {self.saved_step}) is in {self.out}"
     def _take_step(self, index: torch.Tensor, total: torch.Tensor) -> None:
         """One optimizer step on the global batch `index`; its summed loss (this rank's part) into total."""
+        local, share = index, float(index.shape[0])
+        if self.world is not None:
+            local, self._loss_scale = distributed.local_share(index, self.world)
+            share = index.shape[0] / self.world.size  # loss (scaled local mean) * share = local sum
         splits = self.splits
-        if self.world is None:
-            loss = self._step.gather(splits.train_x, splits.train_y, index)
-            total.add_(loss, alpha=index.shape[0])
-            return
-        local, self._loss_scale = distributed.local_share(index, self.world)
-        loss = self._step.gather(splits.train_x, splits.train_y, local)
-        total.add_(loss, alpha=index.shape[0] / self.world.size)  # = local mean * local count
+        if self.config.augment is None:
+            loss = self._step.gather(splits.train_x, splits.train_y, local)
+        else:
+            offset = 0 if self.world is None else distributed.share_offset(index.shape[0], self.world)
+            offset = min(offset, index.shape[0] - local.shape[0])  # a rank with no share reuses a row
+            images = self._augmented(local, index.shape[0], offset)
+            loss = self._step(images, splits.train_y.index_select(0, local))
+        total.add_(loss, alpha=share)
+
+    def _augmented(self, index: torch.Tensor, batch: int, offset: int) -> torch.Tensor:
+        """Training images at `index` (rows offset.. of a batch of `batch`), each with its own random
+        affine transform (runtime.augment)."""
+        splits, config = self.splits, self.config
+        if len(splits.sample_shape) != 2:
+            raise NetError(f"`augment` needs image data, but the dataset's samples have shape "
+                           f"{list(splits.sample_shape)}; remove `augment`", config.locs.get("augment"))
+        generator = step_generator(config.seed, self.state.step, splits.train_x.device)
+        images = splits.train_x.index_select(0, index)
+        background = -splits.mean / splits.std  # a zero pixel after normalization
+        return augment_batch(images, config.augment, splits.sample_shape, generator, background,
+                             batch, offset)
 
     def _epoch_total(self, total: torch.Tensor) -> float:
         """The epoch's summed training loss over every rank (an all-reduce when data-parallel)."""
