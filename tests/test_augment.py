@@ -10,8 +10,9 @@ import torch
 
 from netc.dsl import NetError, parse
 from netc.dsl.ir import AugmentConfig
-from netc.runtime.augment import affine_matrices, augment_batch, step_generator
-from test_train import check_resume, dataset, make_trainer  # noqa: F401 (a fixture)
+from netc.runtime.augment import augment_batch, step_generator
+from test_train import check_resume, make_trainer
+from test_train import dataset  # noqa: F401  (the fixture the last test uses)
 
 HEADER = "net a {\n    input [1, 28, 28]\n    flatten\n    linear 10\n}\ntrain {\n    %s\n}\n"
 
@@ -96,7 +97,7 @@ def test_the_same_step_draws_the_same_and_a_share_gets_its_rows() -> None:
     torch.testing.assert_close(shifted, torch.full((2, 784), -0.5))
 
 
-def test_training_augments_train_batches_only_and_resumes_exactly(dataset: str, tmp_path: Path) -> None:
+def test_training_augments_train_batches_only_and_resumes_exactly(dataset: str, tmp_path: Path) -> None:  # noqa: F811
     settings = "optimizer sgd lr=0.1 momentum=0.9\n    augment shift=1 rotate=15 scale=0.1"
     trainer = make_trainer(dataset, None, settings)
     seen: list[torch.Tensor] = []
