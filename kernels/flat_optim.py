@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
+Clip = tuple[torch.Tensor, int, float, float]  # the kernels' (part_ptr, n_parts, max_hi, max_lo)
 SEGMENTS = 8  # gradient pointers per launch (a group with more parameters takes more launches)
 
 
@@ -234,6 +235,17 @@ class FlatOptimizer(torch.optim.Optimizer):
                 self._lr_pushed[index] = lr
 
     @torch.no_grad()
+    def copy_lr_from(self, lrs: torch.Tensor) -> None:
+        """Set the kernels' lr from (groups,) float64 device values: a device copy, so a multi-step
+        CUDA graph can give each step its own lr; the next push_lr refills from param_groups."""
+        self._lr.copy_(lrs)
+        self.forget_pushed_lr()
+
+    def forget_pushed_lr(self) -> None:
+        """The device lr was written behind push_lr's back (a replayed copy_lr_from): refill next time."""
+        self._lr_pushed = [None] * len(self.param_groups)
+
+    @torch.no_grad()
     def clip_grad_norm_(self, max_norm: float) -> None:
         """Make the next `step()` use the gradients scaled to a global 2-norm of at most `max_norm`.
 
@@ -258,7 +270,7 @@ class FlatOptimizer(torch.optim.Optimizer):
             base += grid[0] * grid[1]
         self._clip_pending = (partials, float(max_norm))
 
-    def _take_clip(self) -> tuple[torch.Tensor, int, float, float]:
+    def _take_clip(self) -> Clip:
         """(partials, count, max_norm hi, lo) for a step's kernels, and forget them; count 0: no clipping."""
         pending, self._clip_pending = self._clip_pending, None
         if pending is None:
@@ -284,6 +296,6 @@ class FlatOptimizer(torch.optim.Optimizer):
         return loss
 
     def _update(self, group_index: int, group: dict[str, Any], first: int, count: int,
-                grads: list[torch.Tensor], longest: int, clip: tuple[torch.Tensor, int, float, float]) -> None:
+                grads: list[torch.Tensor], longest: int, clip: Clip) -> None:
         """Launch the fused update of slots [first, first + count) of the group (see optim.py)."""
         raise NotImplementedError

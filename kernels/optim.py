@@ -26,7 +26,9 @@ import triton
 import triton.language as tl
 
 from netc.kernels import config
-from netc.kernels.flat_optim import SEGMENTS, FlatOptimizer, Params, clip_scale, pick_grad, segment_block
+from netc.kernels.flat_optim import (
+    SEGMENTS, Clip, FlatOptimizer, Params, clip_scale, pick_grad, segment_block,
+)
 
 
 def launch_config() -> dict[str, int]:
@@ -215,7 +217,7 @@ class SGD(FlatOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group_index: int, group: dict[str, Any], first: int, count: int,
-                grads: list[torch.Tensor], longest: int, clip: tuple[torch.Tensor, int, float, float]) -> None:
+                grads: list[torch.Tensor], longest: int, clip: Clip) -> None:
         momentum = group["momentum"]
         starting = momentum != 0 and self.state[self._slots[first][0]].get("momentum_buffer") is None
         buffer = self._buffer("momentum_buffer") if momentum != 0 else self._flat_param
@@ -283,7 +285,7 @@ class Adam(FlatOptimizer):
                     raise NotImplementedError(f"{name}: one group's parameters at different steps")
 
     def _update(self, group_index: int, group: dict[str, Any], first: int, count: int,
-                grads: list[torch.Tensor], longest: int, clip: tuple[torch.Tensor, int, float, float]) -> None:
+                grads: list[torch.Tensor], longest: int, clip: Clip) -> None:
         self._start_state(group, first, count)
         beta1, beta2 = group["betas"]
         wd = group["weight_decay"]

@@ -29,10 +29,12 @@ from netc.runtime import distributed
 from netc.runtime import metrics
 from netc.runtime.augment import augment_batch, step_generator
 from netc.runtime.data import Splits, batches, epoch_order, steps_per_epoch
-from netc.runtime.fastpath import TrainStep, make_train_step
+from netc.runtime.fastpath import StepSequence, TrainStep, make_train_step
 from netc.runtime.progress import Progress, format_duration
 
 CHECK_EVERY = 100  # steps between reads of the running loss when no bar is drawn
+GRAPH_CHUNK = 100  # steps per replayed CUDA graph: the progress bar and loss checks happen between chunks
+MAX_SEQUENCES = 3  # captured chunk lengths kept (the chunk, the epoch's remainder, one more)
 EVAL_BATCH = 1000
 
 
@@ -155,6 +157,7 @@ class Trainer:
         self.stop_after: int | None = None  # tests: behave as if Ctrl-C came after this global step
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self._step: TrainStep | None = None
+        self._sequences: dict[int, StepSequence] = {}  # captured multi-step graphs by length (CUDA)
         self.saved_step: int | None = None  # the step of the last checkpoint in `out` (this run's or resumed)
         self.tensorboard: metrics.TensorBoard | None = None  # set by `netc train --tensorboard`
         self.world = world  # data-parallel: this rank's place (runtime.distributed); None: one process
@@ -284,14 +287,17 @@ class Trainer:
         per_step_lr = self.config.schedule.name == "cosine"  # the others change lr between epochs only
         if not per_step_lr:
             self._set_lr(epoch, state.step)
-        for index in range(state.batch, self.steps_per_epoch):
-            if per_step_lr:
-                self._set_lr(epoch, state.step)
-            batch_index = order[index * size:(index + 1) * size]
-            self._take_step(batch_index, total)
-            state.step, state.batch = state.step + 1, index + 1
-            samples += batch_index.shape[0]
-            if self.progress.due() or state.batch % CHECK_EVERY == 0:
+        while state.batch < self.steps_per_epoch:
+            steps, seen_now = self._graph_chunk(epoch, order, total, per_step_lr)
+            if not steps:  # one step, eagerly or as a single-step replay
+                if per_step_lr:
+                    self._set_lr(epoch, state.step)
+                batch_index = order[state.batch * size:(state.batch + 1) * size]
+                self._take_step(batch_index, total)
+                steps, seen_now = 1, batch_index.shape[0]
+            state.step, state.batch = state.step + steps, state.batch + steps
+            samples += seen_now
+            if steps > 1 or self.progress.due() or state.batch % CHECK_EVERY == 0:
                 seen = min(state.batch * size, splits.train_x.shape[0])
                 value = float(total)
                 self._check(value, epoch)
@@ -309,6 +315,45 @@ class Trainer:
         if self.tensorboard is not None:
             rate = samples / max(self.progress.elapsed(), 1e-9)
             self.tensorboard.step(self.state.step, loss, self.optimizer.param_groups[0]["lr"], rate)
+
+    # ---- CUDA-graph epochs (netc.runtime.fastpath.StepSequence) ----------------------------------
+
+    def _graph_chunk(self, epoch: int, order: torch.Tensor, total: torch.Tensor, per_step_lr: bool
+                     ) -> tuple[int, int]:
+        """Run the next GRAPH_CHUNK full batches (or the epoch's remainder) as one captured multi-step
+        graph; (steps, samples) done, (0, 0) when single steps must run instead (the CPU, a capture
+        blocker, the short last batch, a stop point inside the chunk)."""
+        size, state = self.config.batch, self.state
+        count = min(GRAPH_CHUNK, self.splits.train_x.shape[0] // size - state.batch)
+        if self.stop_after is not None:
+            count = min(count, self.stop_after - state.step)
+        sequence = self._sequence(count, per_step_lr) if count > 1 else None
+        if sequence is None:
+            return 0, 0
+        lrs = None
+        if per_step_lr:
+            lrs = [self._lrs_at(epoch, state.step + k) for k in range(count)]
+        total.add_(sequence.run(order[state.batch * size:(state.batch + count) * size], lrs))
+        if per_step_lr:  # param_groups show the last step's lr, as after single steps
+            self._set_lr(epoch, state.step + count - 1)
+        return count, count * size
+
+    def _sequence(self, count: int, per_step_lr: bool) -> StepSequence | None:
+        """The captured StepSequence of `count` steps (made on first use), or None to run single steps."""
+        if self._step is None or self._step.mode != "graph" or self.world is not None:
+            return None  # data-parallel steps run one by one (runtime.distributed)
+        sequences = self._sequences
+        if count not in sequences:
+            if len(sequences) >= MAX_SEQUENCES:  # odd lengths (a resume, a stop point): not worth a graph
+                return None
+            sequences[count] = StepSequence(self._step, self.splits.train_x, self.splits.train_y, count,
+                                            per_step_lr=per_step_lr)
+        return sequences[count] if sequences[count].captured else None
+
+    def _lrs_at(self, epoch: int, step: int) -> list[float]:
+        """Every group's lr at global step `step`."""
+        schedule = self.config.schedule
+        return [learning_rate(base, schedule, epoch, step, self.total_steps) for base in self.base_lrs]
 
     def _finish_epoch(self, epoch: int, train_loss: float, seconds: float) -> None:
         val_loss, val_acc = evaluate(self.net, self.splits.val_x, self.splits.val_y)

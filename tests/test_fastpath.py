@@ -7,7 +7,9 @@ run on CUDA, where it replays a captured CUDA graph.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -375,3 +377,100 @@ def test_triton_dropout_net_captures_and_draws_a_new_mask_every_step(device: str
     assert len(set(losses)) == 3, losses
     assert all(torch.equal(a, b) for a, b in zip(fast.parameters(), weights, strict=True))
     assert all(float(state["step"]) == 3 for state in fast_opt.state.values())
+
+
+# aten ops of a LeNet step that belong to other kernel families' plans (cross-entropy's zeros and
+# mean, max-pool's index gradient): everything else outside the Triton kernels must be gone
+OTHER_FAMILIES_OPS = {"zeros", "div"}
+
+
+@functools.cache
+def _example_step_ops(example: str) -> Any:
+    """The ops of one training step of examples/EXAMPLE.net (batch 3), without the tests' output poison."""
+    from netc.kernels import config
+    from netc.runtime.opcount import network_step_ops
+
+    poison, config.POISON_OUTPUTS = config.POISON_OUTPUTS, False
+    try:
+        return network_step_ops(f"examples/{example}.net", batch=3)
+    finally:
+        config.POISON_OUTPUTS = poison
+
+
+@pytest.mark.parametrize("example", ["lenet", "rnn"])
+def test_a_step_writes_gradients_and_clips_in_one_launch(example: str) -> None:
+    """No gradient adds, zeroing or fills in a training step, one optimizer launch, and `clip` (rnn.net)
+    costs one launch; counted op by op on the CPU (`python -m netc.runtime.opcount FILE`)."""
+    ops = _example_step_ops(example)
+    optimizer = {"lenet": "_sgd_kernel", "rnn": "_adam_kernel"}[example]
+    assert ops.triton[optimizer] == 1, ops.summary()
+    assert ops.triton["_grad_sumsq_kernel"] == (1 if example == "rnn" else 0), ops.summary()
+    assert set(ops.aten) <= OTHER_FAMILIES_OPS | {"stack", "select_backward"}, ops.summary()
+
+
+@pytest.mark.xfail(strict=True, reason="needs the conv/gemm helpers' parts (issue 10): the cross-entropy "
+                   "gradient in its forward, no pool-index zero gradient, bias gradients fused into the "
+                   "weight-gradient kernels")
+def test_lenet_step_is_at_most_12_gpu_ops() -> None:
+    """Issue 10's budget for examples/lenet.net: at most 12 GPU operations per training step."""
+    ops = _example_step_ops("lenet")
+    assert ops.total <= 12, ops.summary()
+
+
+@pytest.mark.parametrize(("settings", "epochs"), [
+    ("optimizer adamw lr=0.01\n    schedule cosine\n    clip 0.5", 1),  # a per-step lr from the device table
+    ("optimizer sgd lr=0.2 momentum=0.9\n    schedule step every=1 gamma=0.5", 2),  # lr changes per epoch
+], ids=["adamw-cosine-clip", "sgd-step"])
+def test_training_epochs_as_step_sequences_equal_single_steps(tmp_path: Any, settings: str, epochs: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`netc train` on CUDA: each epoch as captured multi-step graphs (chunks of 2 here) plus the short
+    last batch, stood in for by the CPU fake graph; losses, weights and optimizer state equal a run of
+    single eager steps, and the chunks really replayed."""
+    from test_data import write_idx_dir
+    from test_train import make_trainer, train_losses, weights
+
+    from netc.runtime import fastpath, train
+
+    write_idx_dir(tmp_path / "data", train=45, test=11, side=5, classes=4)  # 36 train: 4 full batches + 4
+    monkeypatch.setattr(train, "GRAPH_CHUNK", 2)
+    runs = []
+    for graphed in (False, True):
+        trainer = make_trainer(str(tmp_path / "data"), None, settings, backend="triton", epochs=epochs)
+        trainer.net.eval()  # no dropout: its draws would differ between a fake capture and eager steps
+        trainer.net.train = lambda mode=True, _net=trainer.net: _net  # type: ignore[method-assign]
+        graphs: list[FakeGraph] = []
+        if graphed:
+            _fake_cuda_graphs(monkeypatch, trainer, graphs)
+        trainer.fit()
+        runs.append((trainer, graphs))
+    (eager, _), (fast, graphs) = runs
+    assert list(fast._sequences) == [2] and fast._sequences[2].captured and len(graphs) == 1
+    assert train_losses(fast) == pytest.approx(train_losses(eager), rel=1e-6)
+    for name, value in weights(eager).items():
+        torch.testing.assert_close(weights(fast)[name], value, rtol=1e-6, atol=1e-7)
+    _assert_same_state(fast.net, eager.net, fast.optimizer, eager.optimizer)
+    assert fastpath.StepSequence is train.StepSequence
+
+
+def _fake_cuda_graphs(monkeypatch: pytest.MonkeyPatch, trainer: Any, graphs: list[FakeGraph]) -> None:
+    """Make `trainer` see a graph-mode step and capture StepSequences with the fake graph, which (unlike
+    a CUDA capture) runs the steps: weights and optimizer state are put back after it, as on CUDA. An
+    eager run first creates the optimizer's lazy state, as TrainStep's warm-up does before a capture."""
+    from netc.runtime import fastpath
+
+    def record(body: Callable[[], None]) -> FakeGraph:
+        graph = FakeGraph()
+        warm_up_and_restore(trainer.net, trainer.optimizer, body, count=1)
+        warm_up_and_restore(trainer.net, trainer.optimizer, lambda: graph.capture(body, monkeypatch), count=1)
+        graphs.append(graph)
+        return graph
+
+    make_step = trainer._make_step
+
+    def graph_mode_step() -> Any:
+        step = make_step()
+        step.mode = "graph"  # its own single steps still run eagerly: it holds no graph
+        return step
+
+    monkeypatch.setattr(fastpath, "record_graph", record)
+    trainer._make_step = graph_mode_step
