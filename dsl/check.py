@@ -14,8 +14,9 @@ from netc.dsl import ast
 from netc.dsl.args import bind, did_you_mean
 from netc.dsl.errors import MAX_SHOWN_ERRORS, Diagnostic, Loc, NetError
 from netc.dsl.ir import INPUT, Graph, Node, Shape, TrainConfig
+from netc.dsl.blocks import MERGES, merge_flops, merge_shape
 from netc.dsl.limits import layer_count_problem, node_problem, shape_problem
-from netc.dsl.ops import ACTIVATIONS, MERGES, OPS, ShapeError, fmt_shape, merge_flops, merge_shape, numel
+from netc.dsl.ops import ACTIVATIONS, OPS, ShapeError, fmt_shape, numel
 from netc.dsl.parser import parse_program
 from netc.dsl.train import SETTINGS, check_train
 
@@ -301,7 +302,7 @@ class _Checker:
             return None, None
         attrs, errors = bind(layer.name, layer.args, op.args, layer.loc)
         for error in errors:
-            self._error(error.loc, error.message)
+            self._error(error.loc, _recurrent_only(layer, error.message))
         if errors:
             return None, None
         message = op.resolve(attrs)
@@ -346,6 +347,20 @@ class _Checker:
                 hint = "use output=last on the recurrent layer, or flatten before the last `linear`"
             self._error(nodes[-1].loc, f"the last layer outputs {fmt_shape(out_shape)}, but {data.name} has "
                         f"{classes} classes: the net must output [{classes}] ({hint})", shape=True)
+
+
+_RECURRENT_ONLY = {
+    "bidirectional": "only rnn, lstm and gru run in both directions",
+    "dropout": "dropout= is for stacked recurrent layers; elsewhere add a `dropout p` layer",
+}
+
+
+def _recurrent_only(layer: ast.Layer, message: str) -> str:
+    """An unknown-argument message for `bidirectional=`/`dropout=` outside rnn/lstm/gru, with the reason."""
+    for name, reason in _RECURRENT_ONLY.items():
+        if message.startswith(f"unknown argument '{name}'"):
+            return f"`{layer.name}` takes no '{name}' argument: {reason}"
+    return message
 
 
 def _unknown_layer(name: str) -> str:

@@ -6,11 +6,14 @@ multiply-add counting 2:
 - conv2d, linear: 2 per multiply-add of the product, plus 1 per output for the bias;
 - maxpool2d: one comparison per window element; avgpool2d: one add per window element
   (the last one standing for the divide);
-- relu, leaky_relu, tanh, sigmoid: 1 per element; dropout: 1 per element (the mask
-  multiply in training); flatten: 0;
-- rnn, lstm, gru: per step and layer, 2 per multiply-add of both matrix products, 1 per
-  bias element, and the elementwise gate arithmetic (rnn H, lstm 9H, gru 11H);
-- add (a residual's or a parallel's merge): 1 per output element per extra input; concat: 0.
+- relu, leaky_relu, tanh, sigmoid, gelu, silu: 1 per element; dropout: 1 per element (the
+  mask multiply in training); flatten: 0; global_avgpool: 1 per input element;
+- batchnorm, layernorm: 3 per element for the statistics (the sum, the squared deviation)
+  as training computes them, 2 to normalize, 2 more with affine;
+- rnn, lstm, gru: per step, layer and direction, 2 per multiply-add of both matrix
+  products, 1 per bias element, and the elementwise gate arithmetic (rnn H, lstm 9H, gru 11H);
+- the merge of a residual or parallel block (dsl/blocks.py): add 1 per output element per
+  extra input; concat 0.
 
 Each row also names the backend functions its layer calls (`kernels`, the
 `torch.nn.functional` names that runtime/backends.py provides on both backends),
@@ -223,9 +226,20 @@ def _recurrent_shape(op: str) -> Callable[[Attrs, Shape], Shape]:
             if len(shape) == 3 and shape[0] == 1:
                 hint = f"; set `input {fmt_shape(shape[1:])}` to read the rows as steps"
             raise ShapeError(f"`{op}` needs a sequence [T, F], got {fmt_shape(shape)}{hint}")
-        steps, hidden = shape[0], attrs["hidden"]
+        steps, hidden = shape[0], attrs["hidden"] * _directions(attrs)
         return (hidden,) if attrs["output"] == "last" else (steps, hidden)
     return rule
+
+
+def _directions(attrs: Attrs) -> int:
+    return 2 if attrs["bidirectional"] else 1
+
+
+def _recurrent_resolve(attrs: Attrs) -> str | None:
+    if attrs["dropout"] > 0 and attrs["layers"] == 1:
+        return (f"dropout={attrs['dropout']:g} acts between stacked layers, and this one has layers=1: set "
+                "layers=2 or more, or put a `dropout p` layer after it")
+    return None
 
 
 def _recurrent_state(op: str) -> Callable[[Attrs, Shape], tuple[State, ...]]:
@@ -234,12 +248,13 @@ def _recurrent_state(op: str) -> Callable[[Attrs, Shape], tuple[State, ...]]:
         bound = 1.0 / math.sqrt(hidden)  # torch.nn.RNNBase: every parameter uniform(±1/sqrt(hidden))
         shapes: dict[str, Shape] = {}
         for layer in range(attrs["layers"]):
-            features = shape[-1] if layer == 0 else hidden
-            shapes[f"weight_ih_l{layer}"] = (rows, features)
-            shapes[f"weight_hh_l{layer}"] = (rows, hidden)
-            if attrs["bias"]:
-                shapes[f"bias_ih_l{layer}"] = (rows,)
-                shapes[f"bias_hh_l{layer}"] = (rows,)
+            features = shape[-1] if layer == 0 else hidden * _directions(attrs)
+            for suffix in ("", "_reverse")[:_directions(attrs)]:  # torch.nn.RNNBase's order
+                shapes[f"weight_ih_l{layer}{suffix}"] = (rows, features)
+                shapes[f"weight_hh_l{layer}{suffix}"] = (rows, hidden)
+                if attrs["bias"]:
+                    shapes[f"bias_ih_l{layer}{suffix}"] = (rows,)
+                    shapes[f"bias_hh_l{layer}{suffix}"] = (rows,)
         return tuple(State(name, dims, "uniform", bound) for name, dims in shapes.items())
     return rule
 
@@ -249,11 +264,57 @@ def _recurrent_flops(op: str) -> Callable[[Attrs, Shape, Shape], int]:
         hidden, rows = attrs["hidden"], _GATES[op] * attrs["hidden"]
         per_step = 0
         for layer in range(attrs["layers"]):
-            features = in_shape[-1] if layer == 0 else hidden
+            features = in_shape[-1] if layer == 0 else hidden * _directions(attrs)
             per_step += 2 * rows * (features + hidden) + _ELEMENTWISE[op] * hidden
             per_step += 2 * rows if attrs["bias"] else 0
-        return in_shape[0] * per_step
+        return in_shape[0] * per_step * _directions(attrs)
     return rule
+
+
+# --- normalization, global pooling ----------------------------------------------------------------
+
+def _batchnorm_shape(attrs: Attrs, shape: Shape) -> Shape:
+    if len(shape) == 2:
+        raise ShapeError(f"`batchnorm` normalizes images [C, H, W] or vectors [F], got a sequence "
+                         f"{fmt_shape(shape)}; use `layernorm` to normalize each step over its features")
+    if len(shape) not in (1, 3):
+        raise ShapeError(f"`batchnorm` needs an image [C, H, W] or a vector [F], got {fmt_shape(shape)}")
+    return shape
+
+
+def _affine(size: Shape, attrs: Attrs) -> tuple[State, ...]:
+    if not attrs["affine"]:
+        return ()
+    return (State("weight", size, "ones"), State("bias", size, "zeros"))
+
+
+def _batchnorm_state(attrs: Attrs, shape: Shape) -> tuple[State, ...]:
+    """torch.nn.BatchNorm1d/2d's: weight, bias (affine), then the running statistics' buffers."""
+    channels = (shape[0],)
+    return (*_affine(channels, attrs), State("running_mean", channels, "zeros", buffer=True),
+            State("running_var", channels, "ones", buffer=True),
+            State("num_batches_tracked", (), "zeros", buffer=True, dtype="long"))
+
+
+def normalized_shape(shape: Shape) -> Shape:
+    """What `layernorm` normalizes over: each step's features for [T, F], else the whole sample."""
+    return shape[-1:] if len(shape) == 2 else shape
+
+
+def _layernorm_state(attrs: Attrs, shape: Shape) -> tuple[State, ...]:
+    return _affine(normalized_shape(shape), attrs)
+
+
+def _norm_flops(attrs: Attrs, in_shape: Shape, out_shape: Shape) -> int:
+    return numel(out_shape) * (7 if attrs["affine"] else 5)
+
+
+def _global_avgpool_shape(attrs: Attrs, shape: Shape) -> Shape:
+    return (_image("global_avgpool", shape)[0],)
+
+
+_EPS = ArgSpec("eps", "float", 1e-5, above=0.0)
+_AFFINE = ArgSpec("affine", "bool", True)
 
 
 # --- the table -------------------------------------------------------------------------------------
@@ -280,8 +341,10 @@ def _activation(name: str, args: tuple[ArgSpec, ...] = (), keywords: Mapping[str
 
 
 def _recurrent(op: str, extra: tuple[ArgSpec, ...]) -> OpSpec:
-    args = (_size("hidden", positional=True), *extra, _LAYERS, _OUTPUT, _BIAS)
-    return OpSpec(op, args, _recurrent_shape(op), _recurrent_state(op), _recurrent_flops(op), (op,))
+    args = (_size("hidden", positional=True), *extra, _LAYERS, _OUTPUT, _BIAS,
+            ArgSpec("bidirectional", "bool", False), ArgSpec("dropout", "float", 0.0, minimum=0.0, below=1.0))
+    return OpSpec(op, args, _recurrent_shape(op), _recurrent_state(op), _recurrent_flops(op), (op,),
+                  _recurrent_resolve)
 
 
 OPS: dict[str, OpSpec] = {
@@ -302,8 +365,17 @@ OPS: dict[str, OpSpec] = {
     "sigmoid": _activation("sigmoid", epilogue=True),
     "leaky_relu": _activation("leaky_relu", (ArgSpec("slope", "float", 0.01),),
                               keywords={"slope": "negative_slope"}, epilogue=True),
+    "gelu": _activation("gelu", (ArgSpec("approximate", "choice", "none", choices=("none", "tanh"),
+                                         noun="approximation"),)),
+    "silu": _activation("silu"),
     "dropout": OpSpec("dropout", (ArgSpec("p", "float", positional=True, minimum=0.0, below=1.0),),
                       _same, _none, _per_element, ("dropout",)),
+    "batchnorm": OpSpec("batchnorm", (ArgSpec("momentum", "float", 0.1, minimum=0.0, maximum=1.0), _EPS,
+                                      _AFFINE),
+                        _batchnorm_shape, _batchnorm_state, _norm_flops, ("batch_norm",)),
+    "layernorm": OpSpec("layernorm", (_EPS, _AFFINE), _same, _layernorm_state, _norm_flops, ("layer_norm",)),
+    "global_avgpool": OpSpec("global_avgpool", (), _global_avgpool_shape, _none,
+                             lambda attrs, i, o: numel(i), ("adaptive_avg_pool2d",)),
     "rnn": _recurrent("rnn", (ArgSpec("activation", "choice", "tanh", choices=("tanh", "relu"),
                                       noun="activation"),)),
     "lstm": _recurrent("lstm", ()),
@@ -311,29 +383,3 @@ OPS: dict[str, OpSpec] = {
 }
 
 ACTIVATIONS: tuple[str, ...] = tuple(name for name, spec in OPS.items() if spec.activation)
-
-
-# --- merges: the `add` / `concat` node a residual or parallel block ends with ----------------------
-
-MERGES = ("add", "concat")
-
-
-def merge_shape(merge: str, shapes: list[Shape]) -> Shape:
-    """The merged shape of the branch outputs, or ShapeError naming each branch's shape."""
-    listed = ", ".join(f"branch {index}: {fmt_shape(shape)}" for index, shape in enumerate(shapes))
-    if merge == "add":
-        if any(shape != shapes[0] for shape in shapes):
-            raise ShapeError(f"`parallel add` needs every branch to output the same shape, got {listed}")
-        return shapes[0]
-    ranks = {len(shape) for shape in shapes}
-    axis = 1 if ranks == {2} else 0  # [C,H,W]: the channels; [F]: the features; [T,F]: F, per step
-    if len(ranks) != 1 or any(shape[:axis] + shape[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]
-                              for shape in shapes):
-        what = "channels" if ranks == {3} else "features"
-        raise ShapeError(f"`parallel concat` joins the {what}, so every other dimension must agree, "
-                         f"got {listed}")
-    return (*shapes[0][:axis], sum(shape[axis] for shape in shapes), *shapes[0][axis + 1:])
-
-
-def merge_flops(merge: str, shapes: list[Shape], out: Shape) -> int:
-    return (len(shapes) - 1) * numel(out) if merge == "add" else 0

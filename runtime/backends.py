@@ -130,8 +130,9 @@ def _torch_backend() -> Backend:
         name="torch",
         conv2d=F.conv2d, conv2d_act=_torch_conv2d_act, linear=F.linear, linear_act=_torch_linear_act,
         max_pool2d=F.max_pool2d, avg_pool2d=F.avg_pool2d,
-        relu=F.relu, tanh=torch.tanh, sigmoid=torch.sigmoid, leaky_relu=F.leaky_relu,
-        dropout=F.dropout, cross_entropy=F.cross_entropy,
+        relu=F.relu, tanh=torch.tanh, sigmoid=torch.sigmoid, leaky_relu=F.leaky_relu, gelu=F.gelu,
+        silu=F.silu, dropout=F.dropout, cross_entropy=F.cross_entropy, batch_norm=F.batch_norm,
+        layer_norm=F.layer_norm, adaptive_avg_pool2d=F.adaptive_avg_pool2d,
         rnn=_torch_recurrent("rnn"), lstm=_torch_recurrent("lstm"), gru=_torch_recurrent("gru"),
     )
 
@@ -165,7 +166,9 @@ def _triton_backend() -> Backend:
         conv2d=kernels.conv2d, conv2d_act=kernels.conv2d_act, linear=kernels.linear,
         linear_act=kernels.linear_act, max_pool2d=kernels.max_pool2d, avg_pool2d=kernels.avg_pool2d,
         relu=kernels.relu, tanh=kernels.tanh, sigmoid=kernels.sigmoid, leaky_relu=kernels.leaky_relu,
-        dropout=kernels.dropout, cross_entropy=kernels.cross_entropy,
+        gelu=kernels.gelu, silu=kernels.silu, dropout=kernels.dropout, cross_entropy=kernels.cross_entropy,
+        batch_norm=kernels.batch_norm, layer_norm=kernels.layer_norm,
+        adaptive_avg_pool2d=kernels.adaptive_avg_pool2d,
         rnn=_triton_recurrent(kernels.rnn, "rnn"), lstm=_triton_recurrent(kernels.lstm, "lstm"),
         gru=_triton_recurrent(kernels.gru, "gru"),
     )

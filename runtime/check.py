@@ -3,8 +3,12 @@
 Each node is built twice (Triton and torch backends, the same state), run
 forward and backward on the same random inputs of its in_shapes (with the
 batch of --batch) and the same random output gradient; then each fused
-pair (conv2d_act / linear_act against the two PyTorch layers); then the
-whole network (the Triton backend's passes applied, eval mode) plus its loss. The
+pair (conv2d_act / linear_act against the two PyTorch layers) and each
+batchnorm folded into the layer before (eval mode); then the whole network
+(the Triton backend's passes applied, eval mode) plus its loss. Layers with
+buffers (batchnorm) also run in training mode, and their updated buffers are
+compared; running statistics start random, so evaluation with them is a real
+test. The
 error of a tensor is max|a - b| (absolute) and that divided by
 max(max|b|, 1e-6) (relative to the reference's scale, so it stays
 meaningful where the reference is near zero). Layers run in float32; the
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,10 +27,12 @@ import torch
 from torch import nn
 
 from netc.dsl.ir import Graph, Node
+from netc.dsl.ops import numel
 from netc.runtime import backends
 from netc.runtime.layers import Block, build_layer
 from netc.runtime.lower import Fusion, Network, compile, find_fusions, resolve_target
 from netc.runtime.memory import check_fits
+from netc.runtime.passes import find_batchnorm_folds
 
 # Default largest relative error: float32 with ieee dots differs from PyTorch only by summation order.
 TOLERANCE_IEEE = 1e-4
@@ -117,14 +124,37 @@ def _node_module(node: Node, backend: str) -> nn.Module:
 def check_layer(node: Node, device: torch.device, batch: int) -> list[Comparison]:
     """One node on both backends: output, input grad(s), parameter grads."""
     torch.manual_seed(SEED)
-    reference = _node_module(node, "torch").to(device)
+    reference = randomize_buffers(_node_module(node, "torch")).to(device)
     triton_layer = _node_module(node, "triton").to(device)
     triton_layer.load_state_dict(reference.state_dict())
     xs = [torch.randn(batch, *shape, device=device) for shape in node.in_shapes]
     if node.op == "dropout":
         return _check_dropout(node, triton_layer, xs[0])
     grad_out = torch.randn(batch, *node.out_shape, device=device)
-    return _compare_runs(node.name, reference.eval(), triton_layer.eval(), xs, grad_out)
+    rows = _compare_runs(node.name, reference.eval(), triton_layer.eval(), xs, grad_out)
+    if node.buffers and batch * numel(node.in_shape[1:]) > 1:  # batch statistics need 2+ values
+        rows += _check_training(node.name, reference, triton_layer, xs, grad_out)
+    return rows
+
+
+def randomize_buffers(module: nn.Module) -> nn.Module:
+    """Running statistics as training leaves them (means near 0, variances near 1), not the fresh 0 and 1."""
+    with torch.no_grad():
+        for name, buffer in module.named_buffers():
+            if name.endswith("running_var"):
+                buffer.uniform_(0.5, 1.5)
+            elif buffer.is_floating_point():
+                buffer.normal_()
+    return module
+
+
+def _check_training(label: str, reference: nn.Module, candidate: nn.Module, xs: list[torch.Tensor],
+                    grad_out: torch.Tensor) -> list[Comparison]:
+    """Training mode (batch statistics), then every buffer as the step left it."""
+    rows = _compare_runs(label, reference.train(), candidate.train(), xs, grad_out)
+    rows = [dataclasses.replace(row, tensor=f"{row.tensor} (training)") for row in rows]
+    got = dict(candidate.named_buffers())
+    return rows + [compare(label, name, got[name], want) for name, want in reference.named_buffers()]
 
 
 class _Epilogue(nn.Sequential):
@@ -149,6 +179,25 @@ def check_fusion(fusion: Fusion, device: torch.device, batch: int) -> list[Compa
     grad_out = torch.randn(batch, *fusion.activation.out_shape, device=device)
     label = f"{fusion.producer.name}+{fusion.activation.name}"
     return _compare_runs(label, reference, fused, [x], grad_out)
+
+
+class _Folded(nn.Sequential):
+    """(conv2d/linear, batchnorm) run as the eval-mode fold runs them: the statistics in the weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[0](x, batchnorm=self[1])
+
+
+def check_fold(producer: Node, norm: Node, device: torch.device, batch: int) -> list[Comparison]:
+    """A batchnorm folded into the conv2d/linear before it (eval mode) against PyTorch's two layers."""
+    torch.manual_seed(SEED)
+    pair = (producer, norm)
+    reference = randomize_buffers(nn.Sequential(*(_node_module(node, "torch") for node in pair)))
+    folded = _Folded(*(_node_module(node, "triton") for node in pair)).to(device).eval()
+    folded.load_state_dict(reference.to(device).eval().state_dict())
+    x = torch.randn(batch, *producer.in_shape, device=device)
+    grad_out = torch.randn(batch, *norm.out_shape, device=device)
+    return _compare_runs(f"{producer.name}+{norm.name}", reference, folded, [x], grad_out)
 
 
 def _compare_runs(
@@ -197,7 +246,7 @@ def _kept_fraction(layer: str, kept: torch.Tensor, p: float) -> Comparison:
 
 def check_network(graph: Graph, device: torch.device, batch: int) -> list[Comparison]:
     """The whole net (fused on the Triton side) in eval mode, plus its loss on random targets."""
-    reference = compile(graph, device, "torch", seed=SEED).eval()
+    reference = randomize_buffers(compile(graph, device, "torch", seed=SEED)).eval()
     triton_net = compile(graph, device, "triton").eval()
     triton_net.load_state_dict(reference.state_dict())
     x = torch.randn(batch, *graph.input_shape, device=device)
@@ -246,6 +295,10 @@ def _sections(graph: Graph, device: torch.device, batch: int) -> list[tuple[str,
     for fusion in find_fusions(graph.nodes):
         title = f"fused {fusion.describe()}, input {_batched(batch, fusion.producer.in_shape)}"
         sections.append((title, check_fusion(fusion, device, batch)))
+    for producer, norm in find_batchnorm_folds(graph.nodes):
+        title = (f"folded {producer.name} {producer.op} + {norm.name} batchnorm (eval mode), "
+                 f"input {_batched(batch, producer.in_shape)}")
+        sections.append((title, check_fold(producer, norm, device, batch)))
     whole = f"whole network {graph.name} (fused, eval mode) + loss"
     sections.append((whole, check_network(graph, device, batch)))
     return sections

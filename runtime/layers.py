@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from netc.dsl.ir import Node, State
-from netc.dsl.ops import OPS
+from netc.dsl.ops import OPS, normalized_shape
 from netc.runtime.backends import Backend
 
 _DTYPES = {"float": None, "long": torch.long}  # None: the default float dtype
@@ -139,6 +139,41 @@ class Flatten(Layer):
         return x.flatten(1)
 
 
+class BatchNorm(Layer):
+    """batchnorm as torch.nn.BatchNorm2d ((N, C, H, W)) or BatchNorm1d ((N, F)): batch statistics and
+    running-statistic updates in training, the running statistics in eval."""
+
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attrs
+        if self.training:
+            self.num_batches_tracked.add_(1)  # as torch's module counts (unused with a set momentum)
+        return self.ops.batch_norm(x, self.running_mean, self.running_var, getattr(self, "weight", None),
+                                   getattr(self, "bias", None), self.training, a["momentum"], a["eps"])
+
+
+class LayerNorm(Layer):
+    """layernorm as torch.nn.LayerNorm: each sample over all its dimensions; (N, T, F) each step over F."""
+
+    def __init__(self, node: Node, ops: Backend) -> None:
+        super().__init__(node, ops)
+        self.normalized_shape = normalized_shape(node.in_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ops.layer_norm(x, self.normalized_shape, getattr(self, "weight", None),
+                                   getattr(self, "bias", None), self.attrs["eps"])
+
+
+class GlobalAvgPool(Layer):
+    """global_avgpool: (N, C, H, W) -> (N, C), each channel's mean."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ops.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
 class Dropout(Layer):
     """dropout with probability p while training; the identity in eval mode."""
 
@@ -149,7 +184,8 @@ class Dropout(Layer):
 
 
 class _Recurrent:
-    """Shared forward for rnn/lstm/gru: (N, T, F) -> (N, H) (output=last) or (N, T, H)."""
+    """Shared forward for rnn/lstm/gru: (N, T, F) -> (N, D*H) (output=last) or (N, T, D*H), D = 2
+    when bidirectional (forward direction first)."""
 
     ops: Backend
     op: str
@@ -157,6 +193,10 @@ class _Recurrent:
     cell: dict[str, Any]
     num_layers: int
     bias: bool
+    bidirectional: bool
+    dropout: float
+    hidden_size: int
+    training: bool
     _flat_weights: list[torch.Tensor]
 
     def _setup(self, node: Node, ops: Backend) -> None:
@@ -164,8 +204,20 @@ class _Recurrent:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         run = getattr(self.ops, self.op)
-        output = run(x, list(self._flat_weights), num_layers=self.num_layers, bias=self.bias, **self.cell)[0]
-        return output[:, -1] if self.last_only else output  # (N, H): the top layer's last step
+        extra: dict[str, Any] = {}
+        if self.bidirectional:
+            extra["bidirectional"] = True
+        if self.dropout > 0:  # between stacked layers, training only
+            extra.update(dropout=self.dropout, training=self.training)
+        output = run(x, list(self._flat_weights), num_layers=self.num_layers, bias=self.bias, **self.cell,
+                     **extra)[0]
+        if not self.last_only:
+            return output
+        if not self.bidirectional:
+            return output[:, -1]  # (N, H): the top layer's last step
+        # each direction's final state: forward at t = T-1, backward at t = 0 (PyTorch's h_n)
+        hidden = self.hidden_size
+        return torch.cat((output[:, -1, :hidden], output[:, 0, hidden:]), dim=1)
 
 
 class RNN(_Recurrent, nn.RNN):
@@ -174,7 +226,8 @@ class RNN(_Recurrent, nn.RNN):
     def __init__(self, node: Node, ops: Backend) -> None:
         a = node.attrs
         nn.RNN.__init__(self, node.in_shape[-1], a["hidden"], num_layers=a["layers"],
-                        nonlinearity=a["activation"], bias=a["bias"], batch_first=True)
+                        nonlinearity=a["activation"], bias=a["bias"], batch_first=True,
+                        bidirectional=a["bidirectional"], dropout=a["dropout"])
         self._setup(node, ops)
         self.cell = {"nonlinearity": a["activation"]}
 
@@ -185,7 +238,7 @@ class LSTM(_Recurrent, nn.LSTM):
     def __init__(self, node: Node, ops: Backend) -> None:
         a = node.attrs
         nn.LSTM.__init__(self, node.in_shape[-1], a["hidden"], num_layers=a["layers"], bias=a["bias"],
-                         batch_first=True)
+                         batch_first=True, bidirectional=a["bidirectional"], dropout=a["dropout"])
         self._setup(node, ops)
 
 
@@ -195,7 +248,7 @@ class GRU(_Recurrent, nn.GRU):
     def __init__(self, node: Node, ops: Backend) -> None:
         a = node.attrs
         nn.GRU.__init__(self, node.in_shape[-1], a["hidden"], num_layers=a["layers"], bias=a["bias"],
-                        batch_first=True)
+                        batch_first=True, bidirectional=a["bidirectional"], dropout=a["dropout"])
         self._setup(node, ops)
 
 
@@ -228,6 +281,9 @@ LAYERS: dict[str, Callable[[Node, Backend], nn.Module]] = {
     "linear": Linear,
     "flatten": Flatten,
     "dropout": Dropout,
+    "batchnorm": BatchNorm,
+    "layernorm": LayerNorm,
+    "global_avgpool": GlobalAvgPool,
     "rnn": RNN,
     "lstm": LSTM,
     "gru": GRU,

@@ -71,7 +71,8 @@ def test_spec_lenet():
 def test_spec_rnn():
     graph = parse(SPEC_RNN)
     node = graph.nodes[0]
-    assert node.attrs == {"hidden": 128, "activation": "tanh", "layers": 1, "output": "last", "bias": True}
+    assert node.attrs == {"hidden": 128, "activation": "tanh", "layers": 1, "output": "last", "bias": True,
+                          "bidirectional": False, "dropout": 0.0}
     assert node.params == {"weight_ih_l0": (128, 28), "weight_hh_l0": (128, 128), "bias_ih_l0": (128,),
                            "bias_hh_l0": (128,)}
     assert graph.output_shape == (10,)

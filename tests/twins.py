@@ -19,9 +19,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "avgpool2d": {"padding": (0, 0), "ceil_mode": False, "count_include_pad": True},
     "linear": {"bias": True},
     "leaky_relu": {"slope": 0.01},
-    "rnn": {"activation": "tanh", "layers": 1, "output": "last", "bias": True},
-    "lstm": {"layers": 1, "output": "last", "bias": True},
-    "gru": {"layers": 1, "output": "last", "bias": True},
+    "rnn": {"activation": "tanh", "layers": 1, "output": "last", "bias": True, "bidirectional": False,
+            "dropout": 0.0},
+    "lstm": {"layers": 1, "output": "last", "bias": True, "bidirectional": False, "dropout": 0.0},
+    "gru": {"layers": 1, "output": "last", "bias": True, "bidirectional": False, "dropout": 0.0},
 }
 
 
