@@ -20,7 +20,6 @@ Beyond `torch.nn.functional`:
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -139,24 +138,6 @@ def _torch_backend() -> Backend:
 
 # ---- the Triton kernels ---------------------------------------------------------------------------
 
-def _triton_recurrent(kernel: Callable[..., Any], kind: str) -> Callable[..., Any]:
-    """The kernel's rnn/lstm/gru; until it takes hx/dropout/bidirectional, those raise NotImplementedError."""
-    accepted = set(inspect.signature(kernel).parameters)
-
-    def run(input: torch.Tensor, weights: Sequence[torch.Tensor], hx: Any = None, num_layers: int = 1,
-            bias: bool = True, dropout: float = 0.0, training: bool = True, bidirectional: bool = False,
-            **cell: Any) -> Any:
-        extra = {"hx": hx, "dropout": dropout, "training": training, "bidirectional": bidirectional}
-        defaults = {"hx": None, "dropout": 0.0, "training": True, "bidirectional": False}
-        for key, value in extra.items():
-            if key not in accepted and value != defaults[key]:
-                raise NotImplementedError(f"triton {kind}: {key}={value!r} (the kernel does not take it yet)")
-        passed = {key: value for key, value in extra.items() if key in accepted}
-        return kernel(input, list(weights), num_layers=num_layers, bias=bias, **cell, **passed)
-
-    return run
-
-
 @functools.cache
 def _triton_backend() -> Backend:
     import netc.kernels as kernels  # decides TRITON_INTERPRET before triton loads
@@ -169,6 +150,5 @@ def _triton_backend() -> Backend:
         gelu=kernels.gelu, silu=kernels.silu, dropout=kernels.dropout, cross_entropy=kernels.cross_entropy,
         batch_norm=kernels.batch_norm, layer_norm=kernels.layer_norm,
         adaptive_avg_pool2d=kernels.adaptive_avg_pool2d,
-        rnn=_triton_recurrent(kernels.rnn, "rnn"), lstm=_triton_recurrent(kernels.lstm, "lstm"),
-        gru=_triton_recurrent(kernels.gru, "gru"),
+        rnn=kernels.rnn, lstm=kernels.lstm, gru=kernels.gru,
     )

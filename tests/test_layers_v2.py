@@ -97,20 +97,20 @@ class _BiLast(nn.LSTM):
         return torch.cat((h_n[-2], h_n[-1]), dim=1)
 
 
-@pytest.mark.parametrize("output", ["last", "sequence"])
-def test_bidirectional_lstm_matches_torch(output: str) -> None:
+@pytest.mark.parametrize("output,backend", [("last", "torch"), ("sequence", "torch"), ("last", "triton")])
+def test_bidirectional_lstm_matches_torch(output: str, backend: str) -> None:
     source = _program((5, 3), f"lstm 4 layers=2 bidirectional=true output={output}", "flatten", "linear 2")
     graph = netc.parse(source)
     assert graph.node("0").out_shape == ((8,) if output == "last" else (5, 8))
     assert list(graph.node("0").params)[:6] == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
                                                 "weight_ih_l0_reverse", "weight_hh_l0_reverse"]
     assert graph.node("0").params["weight_ih_l1"] == (16, 8)
-    net = compile(graph, device="cpu", backend="torch", seed=0)
+    net = compile(graph, device="cpu", backend=backend, seed=0).eval()
     lstm = _BiLast if output == "last" else recurrent_twin(nn.LSTM, last=False)
     twin = nn.Sequential(lstm(3, 4, 2, batch_first=True, bidirectional=True), nn.Flatten(),
                          nn.Linear(8 if output == "last" else 40, 2))
     twin.load_state_dict(net.state_dict())
-    run_both(net, twin, torch.randn(2, 5, 3))
+    run_both(net, twin.eval(), torch.randn(2, 5, 3))
 
 
 def test_recurrent_dropout_between_layers_only_in_training() -> None:
@@ -123,16 +123,14 @@ def test_recurrent_dropout_between_layers_only_in_training() -> None:
     assert not torch.equal(first, net(x))  # training: a fresh mask between the layers
 
 
-def test_triton_bidirectional_runs_or_says_it_cannot_yet() -> None:
-    net = compile(_program((3, 2), "rnn 3 bidirectional=true"), device="cpu", backend="triton", seed=0)
-    reference = compile(_program((3, 2), "rnn 3 bidirectional=true"), device="cpu", backend="torch", seed=0)
+def test_triton_stacked_dropout_is_identity_in_eval_and_random_in_training() -> None:
+    source = _program((3, 2), "gru 3 layers=2 dropout=0.5 bidirectional=true")
+    net = compile(source, device="cpu", backend="triton", seed=0)
+    reference = compile(source, device="cpu", backend="torch", seed=0).eval()
     x = torch.randn(2, 3, 2)
-    try:
-        got = net(x)
-    except NotImplementedError as error:  # until the recurrent kernels take bidirectional=
-        assert "bidirectional" in str(error)
-        return
-    torch.testing.assert_close(got, reference(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(net.eval()(x), reference(x), rtol=1e-4, atol=1e-5)
+    net.train()
+    assert not torch.equal(net(x), net(x))  # a fresh mask between the layers each step
 
 
 @pytest.mark.parametrize("lines,shape,message", [
