@@ -56,6 +56,18 @@ def get(name: str) -> Backend:
     raise ValueError(f"unknown backend {name!r}: use one of {BACKENDS}")
 
 
+def choose(name: str, device: torch.device) -> tuple[str, str | None]:
+    """(backend, note): "auto" is triton on cuda, else torch, with a one-line note saying so."""
+    if name == "auto":
+        if device.type == "cuda":
+            return "triton", None
+        return "torch", ("note: no CUDA device in use, running on the torch backend (PyTorch's operators) on "
+                         "cpu; --backend triton runs the Triton kernels through the interpreter (slow)")
+    if name not in BACKENDS:
+        raise DataError(f"unknown backend {name!r}: use auto, triton or torch")
+    return name, None
+
+
 def prepare(name: str, device: torch.device) -> None:
     """Get the backend ready for the device before anything imports triton (the Triton one on the CPU:
     its interpreter); DataError when that is no longer possible."""

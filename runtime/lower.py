@@ -28,7 +28,7 @@ from netc.dsl.ir import INPUT, Graph, Node
 from netc.runtime import backends
 from netc.runtime.backends import BACKENDS
 from netc.runtime.layers import Block, build_layer
-from netc.runtime.passes import Fusion, find_fusions, lower
+from netc.runtime.passes import Fusion, find_fusions, lower, training_fusions
 
 __all__ = ["BACKENDS", "Fusion", "Network", "compile", "find_fusions", "resolve_target", "walk"]
 
@@ -63,7 +63,7 @@ class Network(nn.Module):
         # the graph each mode runs, after the backend's passes (see runtime/passes.py)
         self.lowered = {mode: lower(graph, backend, training=mode) for mode in (True, False)}
         self._steps = {mode: self._schedule(lowered) for mode, lowered in self.lowered.items()}
-        self.fusions: list[Fusion] = find_fusions(graph.nodes) if backend == "triton" else []  # in training
+        self.fusions: list[Fusion] = training_fusions(graph, backend)
         self.note: str | None = None
 
     def _add_node(self, node: Node) -> None:
@@ -164,14 +164,7 @@ def resolve_target(
     any kernel module imports triton.
     """
     resolved = _resolve_device(device)
-    note = None
-    if backend == "auto":
-        backend = "triton" if resolved.type == "cuda" else "torch"
-        if backend == "torch":
-            note = ("note: no CUDA device in use, running on the torch backend (PyTorch's operators) on cpu; "
-                    "--backend triton runs the Triton kernels through the interpreter (slow)")
-    if backend not in BACKENDS:
-        raise DataError(f"unknown backend {backend!r}: use auto, triton or torch")
+    backend, note = backends.choose(backend, resolved)
     backends.prepare(backend, resolved)
     return resolved, backend, note
 

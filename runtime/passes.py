@@ -117,12 +117,24 @@ def fold_batchnorms(graph: Graph) -> Graph:
     return _absorb(graph, pairs)
 
 
+# the passes each backend runs, in order, and whether each runs in training too; the torch backend
+# (the reference) runs the graph as written
+BACKEND_PASSES: dict[str, tuple[tuple[str, Pass, bool], ...]] = {
+    "triton": (("fold_batchnorms", fold_batchnorms, False), ("fuse_activations", fuse_activations, True)),
+    "torch": (),
+}
+
+
 def passes(backend: str, training: bool) -> list[tuple[str, Pass]]:
-    """The passes a backend runs, in order: none on torch (the reference runs the graph as written)."""
-    if backend != "triton":
-        return []
-    folds = [] if training else [("fold_batchnorms", fold_batchnorms)]
-    return [*folds, ("fuse_activations", fuse_activations)]
+    """The passes `backend` runs in that mode, in order."""
+    return [(name, rewrite) for name, rewrite, in_training in BACKEND_PASSES[backend]
+            if in_training or not training]
+
+
+def training_fusions(graph: Graph, backend: str) -> list[Fusion]:
+    """The (producer, activation) pairs `backend` fuses in training mode."""
+    fuses = any(rewrite is fuse_activations for _, rewrite in passes(backend, training=True))
+    return find_fusions(graph.nodes) if fuses else []
 
 
 def lower(graph: Graph, backend: str, training: bool) -> Graph:
