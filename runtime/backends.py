@@ -11,6 +11,8 @@ Beyond `torch.nn.functional`:
 - `conv2d_act(..., activation, slope)` and `linear_act(input, weight, bias,
   activation, slope)`: the layer with an activation in its epilogue (the
   fusion pass in runtime/passes.py produces them); `slope` is leaky_relu's.
+- `optimizers`: where `SGD`, `Adam` and `AdamW` live (netc.kernels or torch.optim,
+  the same signatures); `fusable_optimizers`: whether they take torch's `fused=`.
 - `rnn`, `lstm`, `gru(input, weights, hx=None, num_layers=1, [nonlinearity,]
   bias=True, dropout=0.0, training=True, bidirectional=False)`: batch first,
   `weights` in the torch module's `_flat_weights` order, returning what the
@@ -145,6 +147,7 @@ def _torch_backend() -> Backend:
         silu=F.silu, dropout=F.dropout, cross_entropy=F.cross_entropy, batch_norm=F.batch_norm,
         layer_norm=F.layer_norm, adaptive_avg_pool2d=F.adaptive_avg_pool2d,
         rnn=_torch_recurrent("rnn"), lstm=_torch_recurrent("lstm"), gru=_torch_recurrent("gru"),
+        optimizers=torch.optim, fusable_optimizers=True,  # SGD, Adam, AdamW; fused=True on CUDA
     )
 
 
@@ -163,4 +166,5 @@ def _triton_backend() -> Backend:
         batch_norm=kernels.batch_norm, layer_norm=kernels.layer_norm,
         adaptive_avg_pool2d=kernels.adaptive_avg_pool2d,
         rnn=kernels.rnn, lstm=kernels.lstm, gru=kernels.gru,
+        optimizers=kernels, fusable_optimizers=False,  # netc's SGD, Adam, AdamW: fused already
     )

@@ -63,14 +63,13 @@ def make_optimizer(
     """netc's Triton optimizers on triton, torch.optim on torch (`fused`: torch's one-launch CUDA kernels)."""
     if config.name not in _OPTIMIZER_CLASSES:
         raise DataError(f"unknown optimizer '{config.name}' (sgd, adam or adamw)")
-    if backend == "triton":
-        from netc import kernels as package
-    else:
-        package = torch.optim  # type: ignore[assignment]
+    from netc.runtime import backends
+
+    ops = backends.get(backend)
     kwargs = optimizer_kwargs(config)
-    if fused and backend != "triton":
+    if fused and ops.fusable_optimizers:
         kwargs["fused"] = True
-    return getattr(package, _OPTIMIZER_CLASSES[config.name])(params, **kwargs)
+    return getattr(ops.optimizers, _OPTIMIZER_CLASSES[config.name])(params, **kwargs)
 
 
 def optimizer_kwargs(config: OptimizerConfig) -> dict[str, Any]:

@@ -66,6 +66,12 @@ def test_every_op_has_a_module_both_backends_and_a_flop_rule(op: str) -> None:
         assert node.flops > 0, f"{op}: no FLOP rule"
 
 
+def test_both_backends_expose_the_same_interface() -> None:
+    torch_ops, triton_ops = vars(backends.get("torch")), vars(backends.get("triton"))
+    assert set(torch_ops) == set(triton_ops) and (torch_ops["name"], triton_ops["name"]) == ("torch", "triton")
+    assert {"cross_entropy", "conv2d_act", "linear_act"} <= set(torch_ops)
+
+
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_every_op_runs_on_both_backends_alike(op: str) -> None:
     shape, layer = CASES[op]
