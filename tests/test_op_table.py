@@ -68,7 +68,8 @@ def test_every_op_has_a_module_both_backends_and_a_flop_rule(op: str) -> None:
 
 def test_both_backends_expose_the_same_interface() -> None:
     torch_ops, triton_ops = vars(backends.get("torch")), vars(backends.get("triton"))
-    assert set(torch_ops) == set(triton_ops) and (torch_ops["name"], triton_ops["name"]) == ("torch", "triton")
+    assert set(torch_ops) == set(triton_ops)
+    assert (torch_ops["name"], triton_ops["name"]) == ("torch", "triton")
     assert {"cross_entropy", "conv2d_act", "linear_act"} <= set(torch_ops)
 
 
