@@ -8,8 +8,10 @@
 #   3. read summary.txt (also printed last, so it is in output_tail), then the JSON and logs.
 # Rerun only some steps (keep install: each call may land on a bare machine), e.g.
 #   run(command="STEPS='install bench_rnn train_rnn' bash bench/gpu_check.sh", carry=[".whl"], timeout_s=300)
-# Steps, in this order (the goal numbers first): install check bench_lenet rnn_cudnn tests
-# train_lenet train_rnn bench_rnn. Each runs under its own `timeout`, cut to the time left of
+# Steps, in this order (the goal numbers first, the tests after every measurement): install check
+# bench_lenet rnn_cudnn bench_rnn tests train_lenet train_rnn. The benches run through
+# bench/bench_each.py, which rewrites their JSON after each contender, so a step killed at its
+# limit keeps the contenders that finished. Each runs under its own `timeout`, cut to the time left of
 # BUDGET_S (420 s), so the whole script ends inside 7.5 minutes and a 540 s timeout_s leaves
 # margin; a failed or timed-out step is recorded in summary.txt and the script goes on. It
 # needs no network: the GPU machine has torch, triton, numpy, safetensors and pytest; lark
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/netc-gpu-check}
 mkdir -p "$OUT"
 BUDGET_S=${BUDGET_S:-420}
-STEPS=${STEPS:-"install check bench_lenet rnn_cudnn tests train_lenet train_rnn bench_rnn"}
+STEPS=${STEPS:-"install check bench_lenet rnn_cudnn bench_rnn tests train_lenet train_rnn"}
 START=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 LOG="$OUT/steps.log"   # stdout/stderr of the steps without a file of their own
@@ -112,14 +114,16 @@ if wanted install; then
 fi
 environment >>"$SUMMARY" 2>&1
 step check 90 "$OUT/check.log" "$OUT/check.log" bash -c check_examples
-step bench_lenet 150 "$OUT/bench_lenet.json" "$LOG" "${NETC[@]}" bench examples/lenet.net --device cuda --json
+# each contender's numbers land in the JSON as soon as it finishes (bench/bench_each.py)
+step bench_lenet 150 "$LOG" "$LOG" python3 bench/bench_each.py examples/lenet.net "$OUT/bench_lenet.json" \
+  --device cuda
 step rnn_cudnn 60 "$OUT/rnn_cudnn.json" "$LOG" python3 bench/rnn_vs_cudnn.py --device cuda --json
+step bench_rnn 120 "$LOG" "$LOG" python3 bench/bench_each.py examples/rnn.net "$OUT/bench_rnn.json" --device cuda
 step tests 150 "$OUT/tests.log" "$OUT/tests.log" bash -c gpu_tests
 step train_lenet 75 "$OUT/train.log" "$OUT/train.log" \
   "${NETC[@]}" train examples/lenet.net --epochs 1 --device cuda --out /tmp/netc-runs/lenet
 step train_rnn 75 "$OUT/train.log" "$OUT/train.log" \
   "${NETC[@]}" train examples/rnn.net --epochs 1 --device cuda --out /tmp/netc-runs/rnn
-step bench_rnn 120 "$OUT/bench_rnn.json" "$LOG" "${NETC[@]}" bench examples/rnn.net --device cuda --json
 # the tables and goal checks for docs/PERFORMANCE.md, from whatever JSON the steps left
 python3 bench/summarize.py "$OUT/bench_lenet.json" "$OUT/bench_rnn.json" "$OUT/rnn_cudnn.json" \
   >>"$SUMMARY" 2>&1

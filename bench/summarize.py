@@ -44,6 +44,8 @@ def bench_table(report: dict[str, Any]) -> list[str]:
             f"({result['epoch_how']}) | {_ms(result.get('epoch_graph_s'))} | "
             f"{result.get('device_ops') if result.get('device_ops') is not None else '-'} | "
             f"{sum(launches.values()) if launches else '-'} |")
+    lines += [f"- note {result['name']} ({result['mode']}): {result['note']}"
+              for result in report["results"] if result.get("note")]
     lines += [f"- skipped {name}: {why}" for name, why in report["skipped"].items()]
     lines += [f"- FAILED {name}: {error}" for name, error in report["failed"].items()]
     return lines

@@ -21,6 +21,7 @@ import torch
 from netc.dsl.ir import Graph, OptimizerConfig
 from netc.runtime.fastpath import TrainStep, make_train_step, run_epoch
 from netc.runtime.train import make_optimizer as training_optimizer
+from netc.runtime.train import optimizer_kwargs
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -77,8 +78,10 @@ def build_contender(
 
     net = compile_net(graph, device=device, backend=contender.backend, seed=graph.train.seed)
     net.train()
+    # torch-graph captures torch.optim's step too: Adam/AdamW need capturable=True for that
+    capturable = contender.fast_path and contender.backend == "torch" and device.type == "cuda"
     optimizer, optimizer_note = make_optimizer(net.parameters(), graph.train.optimizer, contender.backend,
-                                               device)
+                                               device, capturable=capturable)
     smoothing = graph.train.label_smoothing
 
     def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -101,15 +104,26 @@ def _optimizer_name(optimizer: torch.optim.Optimizer) -> str:
 
 
 def make_optimizer(
-    params: Iterable[torch.nn.Parameter], config: OptimizerConfig, backend: str, device: torch.device
+    params: Iterable[torch.nn.Parameter], config: OptimizerConfig, backend: str, device: torch.device,
+    capturable: bool = False,
 ) -> tuple[torch.optim.Optimizer, str]:
-    """(optimizer, note): training's optimizer, with torch.optim's fused kernels on CUDA (capturable)."""
+    """(optimizer, note): training's optimizer, with torch.optim's fused kernels on CUDA.
+
+    `capturable`: torch's Adam/AdamW with capturable=True (its step count and bias corrections on
+    the device), without which torch refuses to capture its step in a CUDA graph; SGD has no step
+    count and captures as it is. netc's optimizers always keep theirs on the device.
+    """
     note = ""
+    params = list(params)
     if backend == "triton":
         try:
             return training_optimizer(params, config, "triton"), note
         except (ImportError, AttributeError) as error:
             note = f"netc.kernels' {config.name} optimizer unavailable ({error}); torch.optim used instead"
+    if capturable and config.name in ("adam", "adamw"):
+        kind = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
+        kwargs = {**optimizer_kwargs(config), "fused": device.type == "cuda", "capturable": True}
+        return kind(params, **kwargs), note
     return training_optimizer(params, config, "torch", fused=device.type == "cuda"), note
 
 

@@ -99,14 +99,18 @@ def warm_up_and_restore(
 def optimizer_blocker(optimizer: torch.optim.Optimizer) -> str:
     """Why a graph would freeze this optimizer's per-step arithmetic ("" if none); call after a step.
 
-    A state tensor on the CPU while the parameters are on CUDA is a step
+    torch's Adam/AdamW built with capturable=False raise inside a capture. A
+    state tensor on the CPU while the parameters are on CUDA is a step
     count kept on the host (torch's Adam without capturable=True; netc's
     Adam/AdamW keep theirs on the device): its bias correction is computed
     in Python and would be baked into the graph at its capture-time value.
     SGD with momentum and dampening is refused too: the warm-up leaves a
     zeroed buffer, which matches a fresh one only without dampening.
     """
+    name = f"{type(optimizer).__module__}.{type(optimizer).__name__}"
     for group in optimizer.param_groups:
+        if "capturable" in group and not group["capturable"]:  # torch's Adam/AdamW/...: raises in a capture
+            return f"{name} has capturable=False: torch refuses to capture its step; running eagerly"
         if group.get("momentum", 0) and group.get("dampening", 0):
             # SGD's first step starts the buffer as the undamped gradient, later steps damp it:
             # one captured step cannot be both, and a zeroed buffer would damp the first step
@@ -114,8 +118,8 @@ def optimizer_blocker(optimizer: torch.optim.Optimizer) -> str:
     for param, state in optimizer.state.items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor) and value.device != param.device:
-                return (f"{type(optimizer).__module__}.{type(optimizer).__name__} keeps state[{key!r}] "
-                        "on the host, which a CUDA graph would freeze; running eagerly")
+                return (f"{name} keeps state[{key!r}] on the host, which a CUDA graph would freeze; "
+                        "running eagerly")
     return ""
 
 

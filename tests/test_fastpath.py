@@ -476,3 +476,21 @@ def _fake_cuda_graphs(monkeypatch: pytest.MonkeyPatch, trainer: Any, graphs: lis
 
     monkeypatch.setattr(fastpath, "record_graph", record)
     trainer._make_step = graph_mode_step
+
+
+def test_torch_graph_contender_gets_a_capturable_adam() -> None:
+    """torch refuses to capture Adam's step unless capturable=True: the torch-graph bench contender
+    asks for it, and a fast step built on any other torch Adam says why it runs eagerly."""
+    from netc.dsl.ir import OptimizerConfig
+    from netc.runtime.bench_contenders import make_optimizer
+    from netc.runtime.fastpath import optimizer_blocker
+
+    config = OptimizerConfig(name="adam", lr=0.01)
+    capturable, _ = make_optimizer(_small_net("cpu").parameters(), config, "torch", torch.device("cpu"),
+                                   capturable=True)
+    assert capturable.param_groups[0]["capturable"] and optimizer_blocker(capturable) == ""
+    plain, _ = make_optimizer(_small_net("cpu").parameters(), config, "torch", torch.device("cpu"))
+    assert "capturable=False" in optimizer_blocker(plain)
+    sgd = OptimizerConfig(name="sgd", lr=0.1)
+    netc_sgd, _ = make_optimizer(_small_net("cpu").parameters(), sgd, "triton", torch.device("cpu"))
+    assert optimizer_blocker(netc_sgd) == ""
