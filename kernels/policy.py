@@ -76,6 +76,24 @@ def split_k(output_tiles: int, k_steps: int, min_steps_per_split: int = 4) -> in
 # kernels/<family>.py reads its settings from this module and keeps none of its own.
 
 # -- gemm (linear, recurrent projections, weight gradients) --
+# GPU: 64 x 64 output tiles in 4 warps, 32-deep K steps in 3 stages (tensor-core shapes for tf32,
+# no spills in float32 or float64 on sm_90). The interpreter runs programs one after another and
+# numpy does the dot, so it takes the largest tiles.
+GEMM_GPU = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
+GEMM_INTERPRETER = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4,
+                    "num_stages": 1}
+COLUMN_SUMS_GPU = {"BLOCK_R": 64, "BLOCK_C": 64, "num_warps": 4}
+COLUMN_SUMS_INTERPRETER = {"BLOCK_R": 256, "BLOCK_C": 64, "num_warps": 1}
+
+
+def gemm_config(dtype: torch.dtype) -> dict[str, int]:
+    """Tiles (BLOCK_M/N/K >= 16), GROUP_M, warps and stages of kernels/gemm.py's GEMM."""
+    return dict(GEMM_INTERPRETER if interpreting() else GEMM_GPU)
+
+
+def column_sums_config(dtype: torch.dtype) -> dict[str, int]:
+    """BLOCK_R rows per step, BLOCK_C columns per program, warps of the column-sum kernel."""
+    return dict(COLUMN_SUMS_INTERPRETER if interpreting() else COLUMN_SUMS_GPU)
 
 # -- conv --
 # Implicit GEMMs (conv.py): fwd (N*OH*OW) x OC/g x (C/g*KH*KW), bwd_input (N*H*W) x C/g x (OC/g*KH*KW),

@@ -1,4 +1,4 @@
-"""Kernel variants of the linear, activation, loss, pool and recurrent families -> compiled for sm_90, no GPU.
+"""Kernel variants of the gemm, activation, loss, pool and recurrent families -> compiled for sm_90, no GPU.
 
 `variants()` lists every distinct constexpr variant the CUDA launchers of these
 families can produce (float32 and float64; the persistent recurrent kernels for
@@ -56,34 +56,53 @@ def _ptrs(dtype: str, *names: str) -> dict[str, str]:
     return {name: f"*{dtype}" for name in names}
 
 
-def _linear() -> list[Variant]:
-    linear = importlib.import_module("netc.kernels.linear")
+# gemm.py's epilogue/prologue switches, all off; each case below turns some on
+_GEMM_OFF = {"ALPHA": 1.0, "HAS_BIAS": False, "ACCUMULATE": False, "STORE_PRE": False, "ACT": 0, "SLOPE": 0.0,
+             "A_ACT": 0, "ROW_SUMS": False, "SPLIT": False, "M_TWO_DIMS": False, "K_TWO_DIMS": False}
+# label -> switches: linear's forward (every activation, the pre-activation store), its backward GEMMs
+# (dL/dx and dL/dW with the activation's derivative on load and the bias gradient's row sums), split-K,
+# the recurrent views (two-dim sides), accumulate with alpha; the switches are separate constexpr
+# branches, so other pairings add nothing
+_GEMM_CASES: dict[str, dict[str, object]] = {
+    **{f"fwd bias act={act}": {"HAS_BIAS": True, "ACT": act, "SLOPE": 0.01 if act == 4 else 0.0}
+       for act in range(5)},
+    "fwd act=4 slope<0 pre": {"ACT": 4, "SLOPE": -0.2, "STORE_PRE": True},
+    "dx a_act=1": {"A_ACT": 1},
+    "dw a_act=2 row_sums": {"A_ACT": 2, "ROW_SUMS": True},
+    "split row_sums bias act=1": {"SPLIT": True, "ROW_SUMS": True, "HAS_BIAS": True, "ACT": 1},
+    "two-dim sides": {"M_TWO_DIMS": True, "K_TWO_DIMS": True, "HAS_BIAS": True},
+    "accumulate alpha": {"ACCUMULATE": True, "ALPHA": 0.5, "ROW_SUMS": True},
+}
+_GEMM_TF32 = ("fwd bias act=1", "dx a_act=1", "dw a_act=2 row_sums", "split row_sums bias act=1")
 
-    cfg = dict(linear.launch_config())
-    warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
-    red = dict(linear.reduce_config())
-    red_warps = red.pop("num_warps")
+
+def _gemm_pointers(dt: str) -> dict[str, str]:
+    names = ("a_ptr", "b_ptr", "c_ptr", "bias_ptr", "pre_ptr", "s_ptr", "rowsum_ptr", "ws_ptr")
+    return {**_ptrs(dt, *names), "ticket_ptr": "*i32"}
+
+
+def _gemm() -> list[Variant]:
+    policy = importlib.import_module("netc.kernels.policy")
+
     out = []
     for dt in DTYPES:
-        gemm_ptrs = _ptrs(dt, "a_ptr", "b_ptr", "bias_ptr", "c_ptr")
+        cfg = policy.gemm_config(None)
+        warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+        pointers = _gemm_pointers(dt)
         acc = "tl.float64" if dt == "fp64" else "tl.float32"
-        # forward: every activation with bias, and neither (also the backward GEMMs); the bias and
-        # activation epilogues are separate constexpr branches, so other pairings add nothing
-        cases = [(True, act, "ieee") for act in range(5)] + [(False, 0, "ieee")]
-        if dt == "fp32":  # ALLOW_TF32 on a CUDA device
-            cases += [(False, 0, "tf32"), (True, 4, "tf32")]
-        for bias, act, precision in cases:
-            consts = dict(cfg, HAS_BIAS=bias, ACT=act, SLOPE=0.01 if act == 4 else 0.0, ACC_DTYPE=acc,
-                          PRECISION=precision)
-            name = f"linear gemm {dt} bias={bias} act={act} {precision}"
-            out.append(Variant(name, "linear", "_linear_gemm_kernel", gemm_ptrs, consts, warps, stages))
+        for label, switches in _GEMM_CASES.items():
+            for precision in ("ieee", "tf32") if dt == "fp32" and label in _GEMM_TF32 else ("ieee",):
+                consts = {**_GEMM_OFF, **switches, **cfg, "ACC_DTYPE": acc, "PRECISION": precision}
+                out.append(Variant(f"gemm {dt} {label} {precision}", "gemm", "_gemm_kernel", pointers, consts,
+                                   warps, stages))
         # a contiguous forward: x (M, K) and W^T read with unit K strides, C with a unit column stride
-        unit = dict(cfg, HAS_BIAS=True, ACT=1, SLOPE=0.0, ACC_DTYPE=acc, PRECISION="ieee",
-                    stride_ak=1, stride_bk=1, stride_cn=1)
-        out.append(Variant(f"linear gemm {dt} unit strides", "linear", "_linear_gemm_kernel", gemm_ptrs, unit,
-                           warps, stages))
-        out.append(Variant(f"linear bias_grad {dt}", "linear", "_bias_grad_kernel",
-                           _ptrs(dt, "g_ptr", "out_ptr"), dict(red, ACC_DTYPE=acc), red_warps))
+        unit = {**_GEMM_OFF, **cfg, "HAS_BIAS": True, "ACT": 1, "ACC_DTYPE": acc, "PRECISION": "ieee",
+                "s_ak": 1, "s_bk": 1, "s_cn": 1}
+        out.append(Variant(f"gemm {dt} unit strides", "gemm", "_gemm_kernel", pointers, unit, warps, stages))
+        red = dict(policy.column_sums_config(None), ACCUMULATE=False, ACC_DTYPE=acc)
+        red_warps = red.pop("num_warps")
+        out.append(Variant(f"gemm column_sums {dt}", "gemm", "_column_sums_kernel",
+                           _ptrs(dt, "x_ptr", "out_ptr"), red, red_warps))
     return out
 
 
@@ -184,26 +203,9 @@ def _recurrent() -> list[Variant]:
     recurrent = importlib.import_module("netc.kernels.recurrent")
 
     cfg = recurrent.GPU_CONFIG
-    block_m, block_n, block_k = cfg.gemm_block
-    block_r, block_c = cfg.colsum_block
     step_n, step_h = cfg.step_block
     out = []
     for dt in DTYPES:
-        # float32 on CUDA multiplies in tf32 by default (policy.recurrent_precision), ieee when disabled
-        precisions = ("ieee", "tf32") if dt == "fp32" else ("ieee",)
-        for bias, precision in itertools.product((True, False), precisions):
-            consts = {"HAS_BIAS": bias, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
-                      "PRECISION": precision}
-            tag = "" if precision == "ieee" else " tf32"
-            out.append(Variant(f"recurrent gemm {dt} bias={bias}{tag}", "recurrent_gemm", "_gemm_kernel",
-                               _ptrs(dt, "a_ptr", "b_ptr", "bias_ptr", "c_ptr"), consts, cfg.gemm_warps))
-        # x (N, T, F) @ W_ih^T: unit inner strides, as a contiguous input gives them
-        unit = {"HAS_BIAS": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
-                "PRECISION": "ieee", "s_ak1": 1, "s_bk1": 1, "s_bias": 1}
-        out.append(Variant(f"recurrent gemm {dt} unit strides", "recurrent_gemm", "_gemm_kernel",
-                           _ptrs(dt, "a_ptr", "b_ptr", "bias_ptr", "c_ptr"), unit, cfg.gemm_warps))
-        out.append(Variant(f"recurrent colsum {dt}", "recurrent_gemm", "_colsum_kernel",
-                           _ptrs(dt, "x_ptr", "out_ptr"), {"BLOCK_R": block_r, "BLOCK_C": block_c}, 4))
         for cell, gates in ((0, 1), (1, 1), (2, 4), (3, 3)):  # rnn tanh, rnn relu, lstm, gru
             consts = {"CELL": cell, "G": gates, "HAS_H0": False, "BLOCK_N": step_n, "BLOCK_H": step_h}
             fwd = _ptrs(dt, "xg_ptr", "hg_ptr", "y_ptr", "gates_ptr", "c_ptr", "cn_ptr", "h0_ptr", "c0_ptr")
@@ -243,7 +245,7 @@ _SEQ_POINTERS = ("xg_ptr", "w_ptr", "b_ptr", "h0_ptr", "c0_ptr", "y_ptr", "gates
                  "cn_ptr", "dy_ptr", "dhn_ptr", "dcn_ptr", "dgx_ptr", "dgh_ptr", "dh0_ptr", "dc0_ptr")
 
 FAMILIES = {
-    "linear": _linear, "activation": _activation, "loss": _loss, "pool": _pool, "recurrent": _recurrent,
+    "gemm": _gemm, "activation": _activation, "loss": _loss, "pool": _pool, "recurrent": _recurrent,
     "persistent": _persistent,
 }
 
@@ -260,14 +262,13 @@ def canaries() -> dict[str, Variant]:
     "error": a 4x4x4 float32 dot, which the interpreter runs but the compiler rejects (sides < 16);
     "over": a float64 GEMM tile whose shared memory is over the 227 KiB limit.
     """
-    small = {"BLOCK_M": 4, "BLOCK_N": 4, "BLOCK_K": 4, "GROUP_M": 8, "HAS_BIAS": False, "ACT": 0,
-             "SLOPE": 0.0, "ACC_DTYPE": "tl.float32", "PRECISION": "ieee"}
-    big = {"HAS_BIAS": True, "BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "PRECISION": "ieee"}
+    small = {**_GEMM_OFF, "BLOCK_M": 4, "BLOCK_N": 4, "BLOCK_K": 4, "GROUP_M": 8, "ACC_DTYPE": "tl.float32",
+             "PRECISION": "ieee"}
+    big = {**_GEMM_OFF, "HAS_BIAS": True, "BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8,
+           "ACC_DTYPE": "tl.float64", "PRECISION": "ieee"}
     return {
-        "error": Variant("canary 4x4 dot", "linear", "_linear_gemm_kernel",
-                         _ptrs("fp32", "a_ptr", "b_ptr", "bias_ptr", "c_ptr"), small),
-        "over": Variant("canary fp64 128^3 gemm", "recurrent_gemm", "_gemm_kernel",
-                        _ptrs("fp64", "a_ptr", "b_ptr", "bias_ptr", "c_ptr"), big, 8),
+        "error": Variant("canary 4x4 dot", "gemm", "_gemm_kernel", _gemm_pointers("fp32"), small),
+        "over": Variant("canary fp64 128^3 gemm", "gemm", "_gemm_kernel", _gemm_pointers("fp64"), big, 8),
     }
 
 
@@ -311,7 +312,10 @@ def main() -> None:
         try:
             results[variant.name] = {"shared": compile_variant(variant)}
         except Exception as error:  # reported per variant; the test decides what fails
-            results[variant.name] = {"error": f"{type(error).__name__}: {error}"[-2000:]}
+            chain = [error]  # a jit helper's error is the cause of its caller's, innermost last
+            while chain[-1].__cause__ is not None:
+                chain.append(chain[-1].__cause__)
+            results[variant.name] = {"error": " <- ".join(f"{type(e).__name__}: {e}" for e in chain)[-2000:]}
     print(json.dumps(results))
 
 

@@ -1,4 +1,4 @@
-"""Linear, activation, loss, pool and recurrent kernel variants -> each compiled for sm_90, no GPU needed.
+"""GEMM, activation, loss, pool and recurrent kernel variants -> each compiled for sm_90, no GPU needed.
 
 The interpreter accepts what a GPU compile rejects (dot sides under 16, float64
 dot support, dtype mismatches, constexpr misuse, too much shared memory), so one
@@ -28,7 +28,7 @@ KNOWN_FAILURES: dict[str, str] = {}  # none today (the gru forward without bias 
 
 # the modules whose launched kernels this file covers (the conv, dropout and optim kernels have
 # their own compile tests; the persistent recurrent ones too, for the lstm with bias)
-MODULES = ("linear", "activation", "loss", "pool", "recurrent_gemm", "recurrent_steps", "recurrent_cells")
+MODULES = ("gemm", "activation", "loss", "pool", "recurrent_steps", "recurrent_cells")
 
 VARIANTS = variants()
 ON_GPU_SUITE = pytest.mark.skipif(
@@ -86,13 +86,13 @@ def test_every_launched_kernel_is_listed_in_both_dtypes() -> None:
         for kernel in kernels:
             for dtype in ("*fp32", "*fp64"):
                 assert (module_name, kernel, dtype) in listed, f"{module_name}.{kernel} {dtype}: not listed"
-    assert set(FAMILIES) == {"linear", "activation", "loss", "pool", "recurrent", "persistent"}
+    assert set(FAMILIES) == {"gemm", "activation", "loss", "pool", "recurrent", "persistent"}
 
 
 def test_variants_use_the_cuda_launch_settings() -> None:
     """The listed settings are the launchers' CUDA ones, not the interpreter's (which differ)."""
     by_name = {v.name: v for v in VARIANTS}
-    gemm = by_name["linear gemm fp32 bias=True act=1 ieee"]
+    gemm = by_name["gemm fp32 fwd bias act=1 ieee"]
     assert (gemm.constexprs["BLOCK_K"], gemm.stages) == (32, 3)  # the interpreter's is 64, 1 stage
     assert by_name["activation fwd fp32 act=1"].constexprs["BLOCK"] == 1024
     assert by_name["pool max fwd fp32 2x2 indices=True"].constexprs["BLOCK"] == 256

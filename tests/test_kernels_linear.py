@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 from kernel_helpers_conv import strided_like
 from kernel_helpers_dense import check
 
+from netc.kernels import activation, policy
 from netc.kernels.linear import linear, linear_act
+
+SMALL_TILES = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 1}
 
 # id -> (input shape, out_features); odd sizes, some over one 64-wide tile and several K steps
 SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
@@ -21,14 +22,20 @@ SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
     "4d": ((2, 3, 5, 9), 17),
     "1d": ((21,), 6),
 }
-ACTIVATIONS = [None, "relu", "tanh", "sigmoid", "leaky_relu"]
+ACTIVATIONS = list(activation.ACTIVATIONS)  # None first, then every activation activation.py knows
 
 
 def _reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act: str | None, slope: float):
-    z = F.linear(x, w, b)
+    return reference_activation(F.linear(x, w, b), act, slope)
+
+
+def reference_activation(z: torch.Tensor, act: str | None, slope: float) -> torch.Tensor:
+    """PyTorch's activation `act` (an activation.ACTIVATIONS name) of z."""
     if act == "leaky_relu":
         return F.leaky_relu(z, slope)
-    return z if act is None else getattr(torch, act)(z)
+    if act == "gelu_tanh":
+        return F.gelu(z, approximate="tanh")
+    return z if act is None else getattr(F, act)(z)
 
 
 def _compare(
@@ -86,7 +93,7 @@ def test_linear_act_matches_torch(case: str, act: str, device: str) -> None:
     _compare(x, w, b, act, label="linear_act")
 
 
-@pytest.mark.parametrize("slope", [0.0, 0.3])
+@pytest.mark.parametrize("slope", [0.0, 0.3, -0.2])
 def test_linear_act_leaky_slopes_and_no_bias(slope: float, device: str) -> None:
     x, w, _ = _make((9, 17), 13, device)
     _compare(x, w, None, "leaky_relu", slope, label="linear_act")
@@ -149,15 +156,23 @@ def test_other_partial_gradients(needs: str, device: str) -> None:
 
 
 def test_bias_gradient_over_several_row_steps(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The bias gradient sums rows in BLOCK_R steps: more rows than one step holds, at the
-    interpreter's own block and at 16 x 16 blocks (several steps and programs, partial last ones)."""
-    x, w, b = _make((263, 5), 3, device)  # 263 rows > the interpreter's 256 per step
+    """The bias gradient is summed in the weight-gradient GEMM over its K (= rows) steps, or alone by
+    column_sums when the weight is frozen: more rows than one step holds, at the interpreter's blocks and
+    at 16-wide blocks (several steps and programs, partial last ones)."""
+    x, w, b = _make((263, 5), 3, device)  # 263 rows > the interpreter's 256 per column-sum step
     _compare(x, w, b)
-    module = importlib.import_module("netc.kernels.linear")  # the package exports the function
-    monkeypatch.setattr(module, "reduce_config", lambda: {"BLOCK_R": 16, "BLOCK_N": 16, "num_warps": 1})
-    x, w, b = _make((3, 13, 7), 21, device)  # 39 rows: three steps; 21 columns: two programs
+    monkeypatch.setattr(policy, "gemm_config", lambda dtype: dict(SMALL_TILES))
+    sums = {"BLOCK_R": 16, "BLOCK_C": 16, "num_warps": 1}
+    monkeypatch.setattr(policy, "column_sums_config", lambda dtype: dict(sums))
+    x, w, b = _make((3, 13, 7), 21, device)  # 39 rows: three K steps; 21 columns: two programs
     _compare(x, w, b, "sigmoid", label="linear_act")
     _compare(x, w, b, dtype=torch.float32)
+    w.requires_grad_(False)
+    for act in (None, "tanh"):  # frozen weight: the column-sum kernel alone, on dL/dz
+        xr, br = x.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        (gb,) = torch.autograd.grad(linear_act(xr, w, br, act).sum(), br)
+        (gb_ref,) = torch.autograd.grad(_reference(xr, w, br, act, 0.01).sum(), br)
+        check("linear_act:grad_bias", gb, gb_ref)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -166,19 +181,24 @@ def test_grouped_tile_order_over_several_groups(
 ) -> None:
     """16 x 16 x 16 tiles in groups of 2 tile rows: 70 rows make 5 tile rows (3 groups, the last
     one short), 67 columns 5 tile columns; the interpreter's 64-tiles never leave the first group."""
-    module = importlib.import_module("netc.kernels.linear")
-    tiles = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 1}
-    monkeypatch.setattr(module, "launch_config", lambda: dict(tiles))
+    monkeypatch.setattr(policy, "gemm_config", lambda dtype: dict(SMALL_TILES))
     x, w, b = _make((70, 37), 67, device)
     _compare(x, w, b, "leaky_relu", 0.2, dtype=dtype, label="linear_act")
 
 
+@pytest.mark.parametrize("act", [None, "relu", "leaky_relu"])
+def test_split_k_matches_torch(act: str | None, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Split-K forced on (3 splits of 16-deep steps) in every GEMM of the forward and the backward."""
+    monkeypatch.setattr(policy, "gemm_config", lambda dtype: dict(SMALL_TILES))
+    monkeypatch.setattr(policy, "split_k", lambda tiles, steps, min_steps_per_split=4: 3)
+    x, w, b = _make((37, 83), 19, device)
+    _compare(x, w, b, act, -0.2, label="linear_act" if act else "linear")
+
+
 def test_rejections(device: str) -> None:
     x, w, b = _make((4, 6), 3, device)
-    with pytest.raises(NotImplementedError, match="gelu"):
-        linear_act(x, w, b, "gelu")
-    with pytest.raises(NotImplementedError, match="negative slope"):
-        linear_act(x, w, b, "leaky_relu", slope=-0.1)
+    with pytest.raises(NotImplementedError, match="swish"):
+        linear_act(x, w, b, "swish")
     with pytest.raises(NotImplementedError, match="float16"):
         linear(x.half(), w.half())
     with pytest.raises(NotImplementedError, match="mixed"):

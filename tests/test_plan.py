@@ -49,9 +49,9 @@ def test_lenet_plan_launches_fused_kernels_with_consistent_grids() -> None:
     assert "1 forward" not in by_layer and "1 backward" not in by_layer  # relu fused into layer 0
     assert by_layer["2 forward"] == ["_max_pool2d_fwd_kernel"]
     assert "3 forward" not in by_layer  # flatten is a view
-    assert by_layer["4 forward"] == ["_linear_gemm_kernel"]
-    assert sorted(by_layer["4 backward"]) == sorted(
-        ["_activation_bwd_kernel", "_linear_gemm_kernel", "_linear_gemm_kernel", "_bias_grad_kernel"])
+    assert by_layer["4 forward"] == ["_gemm_kernel"]
+    # dL/dx and dL/dW (with the bias gradient and the relu's derivative fused in)
+    assert by_layer["4 backward"] == ["_gemm_kernel", "_gemm_kernel"]
     assert by_layer["loss forward"] == ["_cross_entropy_fwd_kernel"]
     assert "netc.kernels.conv._conv2d_fwd_kernel" in kernels
     assert "netc.kernels.activation._activation_fwd_kernel" not in kernels  # both relus are fused away
@@ -61,10 +61,11 @@ def test_lenet_plan_launches_fused_kernels_with_consistent_grids() -> None:
     assert conv.grid == (math.ceil(rows / conv.blocks["BLOCK_M"]), math.ceil(10 / conv.blocks["BLOCK_N"]), 1)
     assert conv.flops == 2 * rows * 10 * 25
     assert conv.bytes == 4 * (100 * 28 * 28 + 10 * 25 + 10 + 100 * 10 * 24 * 24)
-    linear = next(x for x in launches if x.kernel == "_linear_gemm_kernel" and x.layer == "4")
+    linear = next(x for x in launches if x.kernel == "_gemm_kernel" and x.layer == "4")
     assert linear.flops == 2 * 100 * 1440 * 50
     blocks = linear.blocks
-    assert linear.grid == (math.ceil(100 / blocks["BLOCK_M"]) * math.ceil(50 / blocks["BLOCK_N"]),)
+    assert linear.grid[0] == math.ceil(100 / blocks["BLOCK_M"]) * math.ceil(50 / blocks["BLOCK_N"])
+    assert linear.grid[1] > 1  # split-K: 2 output tiles over a 1440-long reduction
     assert {"num_warps", "num_stages"} <= set(conv.blocks)
 
 
@@ -72,12 +73,12 @@ def test_plan_follows_the_target_launch_settings() -> None:
     graph = netc.parse(LENET)
     gpu = {x.kernel: x.blocks for x in trace(graph, 10, "gpu")[0]}
     interpreter = {x.kernel: x.blocks for x in trace(graph, 10, "interpreter")[0]}
-    assert gpu["_activation_bwd_kernel"]["BLOCK"] != interpreter["_activation_bwd_kernel"]["BLOCK"]
+    assert gpu["_gemm_kernel"]["BLOCK_K"] != interpreter["_gemm_kernel"]["BLOCK_K"]
     config = importlib.import_module("netc.kernels.config")
-    linear = importlib.import_module("netc.kernels.linear")
-    here = interpreter if config.interpreting() else gpu  # the settings come from the launcher's own helper
-    assert {k: here["_linear_gemm_kernel"][k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")} == {
-        k: linear.launch_config()[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
+    policy = importlib.import_module("netc.kernels.policy")
+    here = interpreter if config.interpreting() else gpu  # the settings come from the policy module
+    assert {k: here["_gemm_kernel"][k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")} == {
+        k: policy.gemm_config(torch.float32)[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
     with pytest.raises(ValueError, match="target"):
         trace(graph, 10, "tpu")
 
@@ -93,7 +94,7 @@ def test_emit_plan_and_triton_for_lenet(capsys: pytest.CaptureFixture[str]) -> N
     assert cli.main(["compile", LENET, "--emit", "triton"]) == 0
     source = capsys.readouterr().out
     for kernel in ("_conv2d_fwd_kernel", "_conv2d_bwd_weight_kernel", "_max_pool2d_fwd_kernel",
-                   "_linear_gemm_kernel", "_cross_entropy_fwd_kernel"):
+                   "_gemm_kernel", "_cross_entropy_fwd_kernel"):
         assert f"def {kernel}(" in source
     assert source.count("@triton.jit") >= 10
     assert "def _activation_fwd_kernel(" not in source  # fused: never launched
