@@ -64,10 +64,11 @@ _GEMM_OFF = {"ALPHA": 1.0, "HAS_BIAS": False, "ACCUMULATE": False, "STORE_PRE": 
 # the recurrent views (two-dim sides), accumulate with alpha; the switches are separate constexpr
 # branches, so other pairings add nothing
 _GEMM_CASES: dict[str, dict[str, object]] = {
-    **{f"fwd bias act={act}": {"HAS_BIAS": True, "ACT": act, "SLOPE": 0.01 if act == 4 else 0.0}
-       for act in range(5)},
+    **{f"fwd bias act={act}": {"HAS_BIAS": True, "ACT": act, "SLOPE": 0.01 if act == 4 else 0.0,
+                               "STORE_PRE": act >= 5} for act in range(8)},  # gelu, gelu_tanh, silu: 5-7
     "fwd act=4 slope<0 pre": {"ACT": 4, "SLOPE": -0.2, "STORE_PRE": True},
     "dx a_act=1": {"A_ACT": 1},
+    "dx a_act=5": {"A_ACT": 5},
     "dw a_act=2 row_sums": {"A_ACT": 2, "ROW_SUMS": True},
     "split row_sums bias act=1": {"SPLIT": True, "ROW_SUMS": True, "HAS_BIAS": True, "ACT": 1},
     "two-dim sides": {"M_TWO_DIMS": True, "K_TWO_DIMS": True, "HAS_BIAS": True},
