@@ -10,7 +10,8 @@ Linear layers, the recurrent projections and the weight gradients all run
   (for activations whose derivative needs the input), then an activation of
   activation.py; every activation there, present or added later, works here.
 - Prologue: A may be multiplied elementwise by act'(saved) on load (an
-  activation's backward fused into the GEMMs that consume dL/dz).
+  activation's backward fused into the GEMMs that consume dL/dz), for the
+  activations with a cheap derivative (PROLOGUE_ACTIVATIONS).
 - Row sums of A in the same launch (`row_sums=`): the CTAs of the first tile
   column add up their A tiles, so dW = dY^T X comes with db = colsum(dY).
 - Split-K in one launch, deterministic: each CTA of a split writes its partial
@@ -32,7 +33,19 @@ import triton
 import triton.language as tl
 
 from netc.kernels import config, policy
-from netc.kernels.activation import ACT_NONE, activation_grad, apply_activation
+from netc.kernels.activation import (
+    ACT_LEAKY_RELU,
+    ACT_NONE,
+    ACT_RELU,
+    ACT_SIGMOID,
+    ACT_TANH,
+    activation_grad,
+    apply_activation,
+)
+
+# activations whose derivative the prologue may apply at every K step: a few flops per element (gelu's
+# float64 erf there spills on sm_90 and is recomputed by each GEMM that reads it; materialize instead)
+PROLOGUE_ACTIVATIONS = (ACT_RELU, ACT_TANH, ACT_SIGMOID, ACT_LEAKY_RELU)
 
 
 @triton.jit
@@ -349,6 +362,8 @@ def gemm(
         out = config.new_empty((m, n), a.tensor)
     assert out.shape == (m, n) and (pre is None or pre.stride() == out.stride())
     assert a_saved is None or (a_saved.shape == (m, k) and not a.side(a.row_dims)[4])
+    if a_saved is not None and a_act not in PROLOGUE_ACTIVATIONS:
+        raise NotImplementedError(f"gemm: activation {a_act} in the prologue (only {PROLOGUE_ACTIVATIONS})")
     if m == 0 or n == 0:
         if row_sums is not None and m:
             raise NotImplementedError("gemm: row_sums with N = 0 (no tile to sum in); use column_sums")

@@ -8,8 +8,9 @@ flattened to rows, e.g. a [T, F] sequence per sample (N, T, F) becomes (N*T, F).
 Every product runs kernels/gemm.py's one GEMM, reading transposes as strides:
 forward y = act(x @ W^T + b) (1 launch), backward dL/dx = dL/dz @ W and
 dL/dW = dL/dz^T @ x with dL/db = colsum(dL/dz) fused into the latter (2
-launches). dL/dz = act'(saved) * dL/dy is never materialized: both backward
-GEMMs apply it as they load dL/dy. Dots run at `policy.dot_precision("matmul",
+launches). dL/dz = act'(saved) * dL/dy is not materialized for relu, tanh,
+sigmoid and leaky_relu: both backward GEMMs apply it as they load dL/dy (gelu
+and silu take one elementwise launch first). Dots run at `policy.dot_precision("matmul",
 ...)`: ieee (PyTorch's float32 result) unless torch's float32 matmul precision
 allows TF32 on CUDA; float64 inputs dot in float64. Accumulation is float32
 (float64 for float64).
@@ -37,7 +38,7 @@ from netc.kernels.activation import (
     backward_needs_input,
     check_dtype,
 )
-from netc.kernels.gemm import column_sums, gemm
+from netc.kernels.gemm import PROLOGUE_ACTIVATIONS, column_sums, gemm
 
 class _LinearAct(torch.autograd.Function):
     """z = x @ W^T + b, y = act(z) over 2-D x (M, K); saves x, W and y (when act is not None)."""
@@ -67,7 +68,9 @@ class _LinearAct(torch.autograd.Function):
         need_b = need_b and ctx.has_bias
         fuse_b = need_b and need_w and x.shape[1] > 0  # dW's launch also sums dL/dz's columns
         act = ctx.act
-        if act != ACT_NONE and need_b and not fuse_b:  # rare: the bias gradient alone reads dL/dz
+        # dL/dz once, elementwise, when the bias gradient alone reads it (rare) or when act' is too
+        # costly to recompute at every K step of two GEMMs (gelu, silu)
+        if act != ACT_NONE and ((need_b and not fuse_b) or act not in PROLOGUE_ACTIVATIONS):
             grad, act = activation_backward(grad, saved, act, ctx.slope), ACT_NONE
         prologue = {"a_act": act, "a_saved": saved, "slope": ctx.slope} if act != ACT_NONE else {}
         grad_b = config.new_empty((weight.shape[0],), grad) if need_b else None

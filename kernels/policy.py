@@ -76,10 +76,14 @@ def split_k(output_tiles: int, k_steps: int, min_steps_per_split: int = 4) -> in
 # kernels/<family>.py reads its settings from this module and keeps none of its own.
 
 # -- gemm (linear, recurrent projections, weight gradients) --
-# GPU: 64 x 64 output tiles in 4 warps, 32-deep K steps in 3 stages (tensor-core shapes for tf32,
-# no spills in float32 or float64 on sm_90). The interpreter runs programs one after another and
-# numpy does the dot, so it takes the largest tiles.
-GEMM_GPU = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
+# GPU: 64 x 64 output tiles, 32-deep K steps in 3 stages (tensor-core shapes for tf32) over 8 warps
+# (at 4, the split-K + row-sum + two-dim-K variant spills ~200 bytes on sm_90; at 8 none does);
+# float64 takes 32 x 32 x 16 in 4 warps (a 64 x 64 float64 tile with gelu's float64 erf in the
+# epilogue spills 944 bytes). The interpreter runs programs one after another and numpy does the
+# dot, so it takes the largest tiles.
+GEMM_GPU = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+GEMM_GPU_FLOAT64 = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 8, "num_warps": 4,
+                    "num_stages": 3}
 GEMM_INTERPRETER = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4,
                     "num_stages": 1}
 COLUMN_SUMS_GPU = {"BLOCK_R": 64, "BLOCK_C": 64, "num_warps": 4}
@@ -88,7 +92,11 @@ COLUMN_SUMS_INTERPRETER = {"BLOCK_R": 256, "BLOCK_C": 64, "num_warps": 1}
 
 def gemm_config(dtype: torch.dtype) -> dict[str, int]:
     """Tiles (BLOCK_M/N/K >= 16), GROUP_M, warps and stages of kernels/gemm.py's GEMM."""
-    return dict(GEMM_INTERPRETER if interpreting() else GEMM_GPU)
+    import torch
+
+    if interpreting():
+        return dict(GEMM_INTERPRETER)
+    return dict(GEMM_GPU_FLOAT64 if dtype == torch.float64 else GEMM_GPU)
 
 
 def column_sums_config(dtype: torch.dtype) -> dict[str, int]:
