@@ -8,9 +8,9 @@ arrival counter; the last CTA to arrive combines the partials, writes the
 per-channel results, updates the running statistics and resets the counter
 to 0 for the next launch. One launch, no host sync, no memset.
 
-- forward statistics: per chunk, the sum and then the sum of squares about the
-  chunk's own mean (two passes over the chunk: no cancellation), combined with
-  Chan et al.'s formula M2 = sum_j (M2_j + n_j (mean_j - mean)^2);
+- forward statistics: one read of x; each lane of a tile keeps Welford's running
+  mean and M2 (no cancellation, unlike sum(x^2) - sum(x)^2), lanes and then chunks
+  combine by Chan et al.'s formula M2 = sum_j (M2_j + n_j (mean_j - mean)^2);
 - backward: per-channel sums of dy and dy * (x - mean), then an elementwise pass
   dx = (dy - sum(dy)/R - (x - mean) * sum(dy (x - mean)) * invstd^2 / R) * invstd * w
   (training) or dx = dy * invstd * w (eval, running statistics).
@@ -88,22 +88,25 @@ def _bn_stats_kernel(
     row0 = split * chunk
     row_end = tl.minimum(row0 + chunk, R)
     acc_ty = stats_ptr.dtype.element_ty
-    acc = tl.zeros([BLOCK_R, BLOCK_C], acc_ty)
-    for start in range(row0, row_end, BLOCK_R):
-        rows = start + tl.arange(0, BLOCK_R)
-        ok = (rows < row_end)[:, None] & col_ok[None, :]
-        acc += tl.load(x_ptr + _offsets(rows, cols, S, s_n, s_c, s_s), mask=ok, other=0.0).to(acc_ty)
-    total = tl.sum(acc, axis=0)
-    local_mean = total / (row_end - row0).to(acc_ty)
-    acc = tl.zeros([BLOCK_R, BLOCK_C], acc_ty)
+    # one pass, Welford per lane: in step k every lane still in the chunk takes its (k+1)-th value
+    lane_mean = tl.zeros([BLOCK_R, BLOCK_C], acc_ty)
+    lane_m2 = tl.zeros([BLOCK_R, BLOCK_C], acc_ty)
     for start in range(row0, row_end, BLOCK_R):
         rows = start + tl.arange(0, BLOCK_R)
         ok = (rows < row_end)[:, None] & col_ok[None, :]
         x = tl.load(x_ptr + _offsets(rows, cols, S, s_n, s_c, s_s), mask=ok, other=0.0).to(acc_ty)
-        delta = tl.where(ok, x - local_mean[None, :], 0.0)
-        acc += delta * delta
+        delta = x - lane_mean
+        step_weight = 1.0 / ((start - row0) // BLOCK_R + 1).to(acc_ty)  # 1 / (k + 1): one division a step
+        lane_mean = tl.where(ok, lane_mean + delta * step_weight, lane_mean)
+        lane_m2 = tl.where(ok, lane_m2 + delta * (x - lane_mean), lane_m2)
+    # lanes -> the chunk's (sum, M2 about its mean) by Chan's formula; lane i saw n_i values (0..steps)
+    length = row_end - row0
+    seen = ((tl.maximum(length - tl.arange(0, BLOCK_R), 0) + BLOCK_R - 1) // BLOCK_R).to(acc_ty)[:, None]
+    total = tl.sum(seen * lane_mean, axis=0)
+    spread = lane_mean - (total / length.to(acc_ty))[None, :]
     tl.store(part_ptr + split * C + cols, total, mask=col_ok)
-    tl.store(part_ptr + (splits + split) * C + cols, tl.sum(acc, axis=0), mask=col_ok)
+    chunk_m2 = tl.sum(lane_m2 + seen * spread * spread, axis=0)
+    tl.store(part_ptr + (splits + split) * C + cols, chunk_m2, mask=col_ok)
     if last_arrival(ticket_ptr + block, splits):
         mean, m2 = _combine_moments(part_ptr, cols, col_ok, C, R, chunk, splits, BLOCK_R, BLOCK_C)
         eps = join_float(eps_hi, eps_lo, acc_ty)
