@@ -34,7 +34,7 @@ from torch.autograd.function import once_differentiable
 
 from netc.kernels import config, policy
 from netc.kernels.norm_common import (
-    join_float, last_arrival, new_like, rsqrt, split_float, sum_splits, tickets,
+    combine_moments, join_float, last_arrival, new_like, rsqrt, split_float, sum_splits, tickets,
 )
 
 __all__ = ["batch_norm"]
@@ -46,25 +46,6 @@ def _offsets(rows, cols, S, s_n, s_c, s_s):
     n = rows // S
     s = rows - n * S
     return (n.to(tl.int64) * s_n + s.to(tl.int64) * s_s)[:, None] + cols.to(tl.int64)[None, :] * s_c
-
-
-@triton.jit
-def _combine_moments(
-    part_ptr, cols, col_ok, C, R, chunk, splits, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """(2, splits, C) per-chunk (sum, M2 about the chunk mean) -> (mean, M2) of each channel."""
-    mean = sum_splits(part_ptr, cols, col_ok, C, splits, BLOCK_S, BLOCK_C) / R
-    acc = tl.zeros([BLOCK_S, BLOCK_C], part_ptr.dtype.element_ty)
-    for first in range(0, splits, BLOCK_S):
-        split = first + tl.arange(0, BLOCK_S)
-        ok = (split < splits)[:, None] & col_ok[None, :]
-        offs = split[:, None] * C + cols[None, :]
-        count = tl.maximum(tl.minimum(chunk, R - split * chunk), 1).to(acc.dtype)[:, None]
-        total = tl.load(part_ptr + offs, mask=ok, other=0.0, cache_modifier=".cg")
-        m2 = tl.load(part_ptr + splits * C + offs, mask=ok, other=0.0, cache_modifier=".cg")
-        delta = total / count - mean[None, :]
-        acc += tl.where(ok, m2 + count * delta * delta, 0.0)
-    return mean, tl.sum(acc, axis=0)
 
 
 @triton.jit
@@ -108,7 +89,7 @@ def _bn_stats_kernel(
     chunk_m2 = tl.sum(lane_m2 + seen * spread * spread, axis=0)
     tl.store(part_ptr + (splits + split) * C + cols, chunk_m2, mask=col_ok)
     if last_arrival(ticket_ptr + block, splits):
-        mean, m2 = _combine_moments(part_ptr, cols, col_ok, C, R, chunk, splits, BLOCK_R, BLOCK_C)
+        mean, m2 = combine_moments(part_ptr, cols, col_ok, C, R, chunk, splits, BLOCK_R, BLOCK_C)
         eps = join_float(eps_hi, eps_lo, acc_ty)
         tl.store(stats_ptr + cols, mean, mask=col_ok)
         tl.store(stats_ptr + C + cols, rsqrt(m2 / R + eps), mask=col_ok)

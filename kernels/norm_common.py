@@ -2,8 +2,8 @@
 
 A split reduction has CTA (block, split) write partial sums to scratch, then
 take a ticket from the block's int32 arrival counter (`last_arrival`); the
-last CTA combines the partials and resets the counter to 0, so the cached
-counters (`tickets`) need no memset between launches.
+last CTA combines the partials (`sum_splits`, `combine_moments`) and resets the
+counter to 0, so the cached counters (`tickets`) need no memset between launches.
 """
 
 from __future__ import annotations
@@ -64,6 +64,25 @@ def sum_splits(part_ptr, cols, col_ok, C, splits, BLOCK_S: tl.constexpr, BLOCK_C
         offs = split[:, None] * C + cols[None, :]
         acc += tl.load(part_ptr + offs, mask=ok, other=0.0, cache_modifier=".cg")  # L2: written by other SMs
     return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def combine_moments(
+    part_ptr, cols, col_ok, C, R, chunk, splits, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """(2, splits, C) per-chunk (sum, M2 about the chunk mean) -> (mean, M2) of each channel."""
+    mean = sum_splits(part_ptr, cols, col_ok, C, splits, BLOCK_S, BLOCK_C) / R
+    acc = tl.zeros([BLOCK_S, BLOCK_C], part_ptr.dtype.element_ty)
+    for first in range(0, splits, BLOCK_S):
+        split = first + tl.arange(0, BLOCK_S)
+        ok = (split < splits)[:, None] & col_ok[None, :]
+        offs = split[:, None] * C + cols[None, :]
+        count = tl.maximum(tl.minimum(chunk, R - split * chunk), 1).to(acc.dtype)[:, None]
+        total = tl.load(part_ptr + offs, mask=ok, other=0.0, cache_modifier=".cg")
+        m2 = tl.load(part_ptr + splits * C + offs, mask=ok, other=0.0, cache_modifier=".cg")
+        delta = total / count - mean[None, :]
+        acc += tl.where(ok, m2 + count * delta * delta, 0.0)
+    return mean, tl.sum(acc, axis=0)
 
 
 def new_like(tensor: torch.Tensor) -> torch.Tensor:
