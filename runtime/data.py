@@ -109,12 +109,17 @@ def load_mnist() -> RawData:
     except (TypeError, ValueError):
         raise DataError(f"{path} does not hold MNIST's three (images, labels) pairs; {MNIST_HINT}") from None
     train_x, train_y, valid_x, valid_y, test_x, test_y = arrays
-    return RawData(
-        train_x=_samples(np.concatenate([train_x, valid_x]), f"{path} (training images)"),
+    return RawData(  # the pickle stores each image flat (784 values): they are 28 x 28
+        train_x=_images(_samples(np.concatenate([train_x, valid_x]), f"{path} (training images)")),
         train_y=_labels(np.concatenate([train_y, valid_y]), f"{path} (training labels)"),
-        test_x=_samples(test_x, f"{path} (test images)"),
+        test_x=_images(_samples(test_x, f"{path} (test images)")),
         test_y=_labels(test_y, f"{path} (test labels)"),
     )
+
+
+def _images(flat: np.ndarray) -> np.ndarray:
+    """(N, 784) MNIST rows -> (N, 28, 28) images (a view); other shapes are left as they are."""
+    return flat.reshape(len(flat), 28, 28) if flat.ndim == 2 and flat.shape[1] == 28 * 28 else flat
 
 
 def _samples(values: np.ndarray, where: str) -> np.ndarray:

@@ -110,3 +110,11 @@ def test_training_augments_train_batches_only_and_resumes_exactly(dataset: str, 
     assert not any(torch.allclose(row, sample) for row in first for sample in train_x)
     assert any(torch.equal(batch, val_x) for batch in seen)  # validation exactly as stored
     check_resume(dataset, tmp_path, settings, 5, "torch")
+
+
+def test_mnist_samples_are_images_whatever_the_input_shape() -> None:
+    from netc.dsl.ir import DataConfig
+    from netc.runtime.data import prepare
+
+    splits = prepare(DataConfig(), (784,), 10, 0, "cpu", limit=50)  # a flat net input
+    assert splits.sample_shape == (28, 28) and splits.train_x.shape == (50, 784)
