@@ -20,8 +20,6 @@ after another, and each leaves them at 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import triton
 import triton.language as tl
@@ -29,6 +27,7 @@ import triton.language as tl
 from netc.kernels import config, policy
 from netc.kernels.activation import activation_grad
 from netc.kernels.conv_geometry import Geometry
+from netc.kernels.split_k import gather_splits, split_buffers
 
 
 @triton.jit
@@ -39,38 +38,6 @@ def mac(acc, a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     else:
         acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
     return acc
-
-
-@triton.jit
-def _gather_splits(
-    acc, sums, tile, pid_m, sums_here, split, splits, tiles,  # this CTA's partials and place
-    ws_ptr, ticket_ptr,  # workspace (accumulator dtype), per-tile tickets (int32, zero between launches)
-    ROW_SUMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """Store this split's partials; the last CTA of the tile to arrive returns their sum in split order.
-
-    pid_m numbers the tile rows (the row sums' owner), `tiles` counts all output tiles."""
-    # workspace: [tiles][splits][BLOCK_M * BLOCK_N] partial tiles, then [tile rows][splits][BLOCK_M] row sums
-    tile_offsets = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-    tile_base = ws_ptr + tile.to(tl.int64) * splits * (BLOCK_M * BLOCK_N)
-    tl.store(tile_base + split * (BLOCK_M * BLOCK_N) + tile_offsets, acc)
-    sums_base = ws_ptr + tiles.to(tl.int64) * splits * (BLOCK_M * BLOCK_N) + pid_m * splits * BLOCK_M
-    if ROW_SUMS:
-        if sums_here:
-            tl.store(sums_base + split * BLOCK_M + tl.arange(0, BLOCK_M), sums)
-    tl.debug_barrier()  # every thread's partial is written before the ticket releases it
-    ticket = tl.atomic_add(ticket_ptr + tile, 1, sem="acq_rel")
-    last = ticket == splits - 1
-    if last:  # a fixed order, whichever split came last: the result is deterministic
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc.dtype)
-        sums = tl.zeros((BLOCK_M,), dtype=acc.dtype)
-        for s in range(0, splits):
-            acc += tl.load(tile_base + s * (BLOCK_M * BLOCK_N) + tile_offsets, cache_modifier=".cg")
-            if ROW_SUMS:
-                if sums_here:
-                    sums += tl.load(sums_base + s * BLOCK_M + tl.arange(0, BLOCK_M), cache_modifier=".cg")
-        tl.store(ticket_ptr + tile, 0)  # zero for the next launch (and every CUDA-graph replay)
-    return acc, sums, last
 
 
 @triton.jit
@@ -137,7 +104,7 @@ def _conv2d_bwd_weight_kernel(
     if SPLIT:
         tile = (group * tl.num_programs(0) + pid_m) * tl.num_programs(1) + pid_n
         tiles = groups * tl.num_programs(0) * tl.num_programs(1)
-        acc, sums, last = _gather_splits(acc, sums, tile, group * tl.num_programs(0) + pid_m, pid_n == 0,
+        acc, sums, last = gather_splits(acc, sums, tile, group * tl.num_programs(0) + pid_m, pid_n == 0,
                                          split, splits, tiles, ws_ptr, ticket_ptr, HAS_BIAS, BLOCK_M, BLOCK_N)
     if last:
         dw_off = oc[:, None] * (CG * KH * KW) + cols[None, :]
@@ -145,33 +112,6 @@ def _conv2d_bwd_weight_kernel(
         if HAS_BIAS:
             if pid_n == 0:  # one column of tiles owns the bias
                 tl.store(db_ptr + oc, sums, mask=row_ok)
-
-
-# (device, dtype) -> split-K workspace; device -> ticket counters (int32, zero between launches).
-# Grown, never shrunk, so a training step allocates nothing after its first (eager) run.
-_WORKSPACES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-_TICKETS: dict[torch.device, torch.Tensor] = {}
-
-
-def _cached(cache: dict, key: object, numel: int, make: Callable[[int], torch.Tensor]) -> torch.Tensor:
-    """A buffer of at least `numel` elements from `cache`, grown (doubling) when too small. While a CUDA
-    graph is being captured a too-small buffer is not replaced: the new one lives in the graph's pool."""
-    buffer = cache.get(key)
-    if buffer is not None and buffer.numel() >= numel:
-        return buffer
-    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-    buffer = make(max(numel, 2 * buffer.numel() if buffer is not None else 0))
-    if not capturing:
-        cache[key] = buffer
-    return buffer
-
-
-def _split_buffers(device: torch.device, dtype: torch.dtype, ws_numel: int,
-                   tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-    workspace = _cached(_WORKSPACES, (device, dtype), ws_numel,
-                        lambda n: torch.empty(n, device=device, dtype=dtype))
-    tickets = _cached(_TICKETS, device, tiles, lambda n: torch.zeros(n, device=device, dtype=torch.int32))
-    return workspace, tickets
 
 
 def launch_settings(dtype: torch.dtype, device: torch.device, ocg: int, cols: int, depth: int,
@@ -207,7 +147,7 @@ def backward_weight(
         tiles = grid[0] * grid[1] * geo.groups
         tile_rows = grid[0] * geo.groups
         ws_numel = (tiles * args["BLOCK_N"] + tile_rows) * splits * args["BLOCK_M"]  # partial tiles, row sums
-        ws, tickets = _split_buffers(x.device, x.dtype, ws_numel, tiles)
+        ws, tickets = split_buffers(x.device, x.dtype, ws_numel, tiles)
     _conv2d_bwd_weight_kernel[grid](
         dz, y, x, dw, db if with_bias else dw, ws, tickets, *dz.stride(), *x.stride(), *x.shape[2:],
         *geo.out_hw, depth, steps_per_split * args["BLOCK_K"], splits, cg, ocg,

@@ -10,15 +10,22 @@ position) reduces to coefficients a_c >= 0 with
     indices:       a_c = w_c * ((1 - eps) [c == t] + eps / C), 0 for ignored rows
     probabilities: a_c = w_c * ((1 - eps) t_c + eps / C)
 
-and d loss_row / d x_c = softmax(x)_c * A - a_c. The forward kernel makes one
-pass over the classes with an online max (lse = m + log sum exp(x - m)),
-writes the per-row loss, lse and A, and for "mean"/"sum" atomically adds
-the row losses and the mean's denominator (sum of w_t over kept rows for
-indices, the row count for probabilities) into a 2-element total, so no host
-sync happens. An index outside [0, C) that is not ignore_index gives a NaN
-loss rather than a device assert. Mean over zero kept rows is 0/0 = NaN, as
-in PyTorch. Accumulation is in the input's dtype (float32 or float64); there
-is no `tl.dot`, so no precision choice applies.
+and d loss_row / d x_c = softmax(x)_c * A - a_c; for probability targets
+d loss_row / d t_c = -w_c (1 - eps) log_softmax(x)_c. ONE forward launch does
+the whole loss and most of its backward: one pass over the classes with an
+online max (lse = m + log sum exp(x - m)) gives the per-row loss and lse; the
+reduction ("mean"/"sum": the row losses and the mean's denominator, sum of w_t
+over kept rows for indices or the row count for probabilities) is finished in
+the same launch by the last program to arrive, which adds every program's
+partial sums in program order (kernels/split_k.py: deterministic, no zeroed
+accumulator, no host sync); a second pass writes d loss / d x for an incoming
+gradient of 1 (divided by the mean's denominator already when one program holds
+every row, as at MNIST batch sizes). The backward then only scales it by the
+incoming gradient, or, given `unit_gradient(loss)`, launches nothing at all.
+An index outside [0, C) that is not ignore_index gives a NaN loss rather than a
+device assert. Mean over zero kept rows is 0/0 = NaN, as in PyTorch.
+Accumulation is in the input's dtype (float32 or float64); there is no
+`tl.dot`, so no precision choice applies. Tiles: `policy.loss_tiles`.
 """
 
 from __future__ import annotations
@@ -30,18 +37,11 @@ import triton
 import triton.language as tl
 from torch.autograd.function import FunctionCtx as Ctx
 
-from netc.kernels import config
+from netc.kernels import config, policy
 from netc.kernels.activation import check_dtype
+from netc.kernels.split_k import last_arrival, split_buffers
 
 _REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
-
-
-def launch_config(classes: int) -> dict[str, int]:
-    """(BLOCK_R rows) x (BLOCK_C classes) tile per step; one place to tune per target."""
-    interp = config.interpreting()
-    block_c = min(max(16, triton.next_power_of_2(classes)), 1024)
-    tile = 16384 if interp else 4096  # elements per tile: big tiles keep interpreter programs few
-    return {"BLOCK_R": max(1, tile // block_c), "BLOCK_C": block_c, "num_warps": 1 if interp else 4}
 
 
 @triton.jit
@@ -64,35 +64,15 @@ def _row_coefficients(
 
 
 @triton.jit
-def _cross_entropy_fwd_kernel(
-    x_ptr,  # logits (N, C, S), contiguous
-    t_ptr,  # targets: int64 (N, S), or probabilities (N, C, S)
-    w_ptr,  # class weights (C,); unused unless HAS_WEIGHT
-    loss_ptr,  # per-row loss (R,) with R = N * S
-    lse_ptr,  # per-row logsumexp (R,), for the backward
-    asum_ptr,  # per-row A = sum_c a_c (R,), for the backward
-    total_ptr,  # [sum of row losses, mean's denominator], zero-initialised; used if REDUCE
-    R, C, S,  # rows, classes, spatial size per sample
-    ignore_index,  # target value whose rows are skipped (index targets)
-    PROB_TARGET: tl.constexpr,  # targets are probabilities
-    HAS_WEIGHT: tl.constexpr,  # w_ptr holds class weights
-    SMOOTHING: tl.constexpr,  # label_smoothing eps
-    REDUCE: tl.constexpr,  # accumulate into total_ptr ("mean"/"sum")
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,  # rows and classes per tile
+def _row_pass(
+    x_ptr, t_ptr, w_ptr, rows, row_mask, base, t_idx, valid, C, S,
+    PROB_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTHING: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_mask = rows < R
-    rows64 = rows.to(tl.int64)
-    base = (rows64 // S) * C * S + rows64 % S  # offset of (n, 0, s)
-    t_idx = tl.zeros((BLOCK_R,), dtype=tl.int64)
-    valid = row_mask
-    if not PROB_TARGET:
-        t_idx = tl.load(t_ptr + rows64, mask=row_mask, other=ignore_index)
-        valid = row_mask & (t_idx != ignore_index)
-    m = tl.full((BLOCK_R,), float("-inf"), dtype=x_ptr.dtype.element_ty)  # running max
-    sum_exp = tl.zeros((BLOCK_R,), dtype=x_ptr.dtype.element_ty)  # sum exp(x - m)
-    ax = tl.zeros((BLOCK_R,), dtype=x_ptr.dtype.element_ty)  # sum_c a_c x_c
-    asum = tl.zeros((BLOCK_R,), dtype=x_ptr.dtype.element_ty)  # sum_c a_c
+    """One pass over the classes, online max: per row lse, A = sum_c a_c, loss = lse * A - sum_c a_c x_c."""
+    m = tl.full((rows.shape[0],), float("-inf"), dtype=x_ptr.dtype.element_ty)  # running max
+    sum_exp = tl.zeros((rows.shape[0],), dtype=x_ptr.dtype.element_ty)  # sum exp(x - m)
+    ax = tl.zeros((rows.shape[0],), dtype=x_ptr.dtype.element_ty)  # sum_c a_c x_c
+    asum = tl.zeros((rows.shape[0],), dtype=x_ptr.dtype.element_ty)  # sum_c a_c
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         mask = row_mask[:, None] & (cols[None, :] < C)
@@ -108,21 +88,99 @@ def _cross_entropy_fwd_kernel(
         ax += tl.sum(tl.where(a != 0.0, a * tl.where(mask, x, 0.0), 0.0), axis=1)  # 0 * -inf pads: no NaN
         asum += tl.sum(a, axis=1)
     lse = tl.where(row_mask, m + tl.log(tl.where(row_mask, sum_exp, 1.0)), 0.0)  # padding rows: 0, no log(0)
-    loss = tl.where(asum != 0.0, lse * asum - ax, 0.0)
+    return lse, asum, tl.where(asum != 0.0, lse * asum - ax, 0.0)
+
+
+@triton.jit
+def _targets(t_ptr, rows, row_mask, ignore_index, PROB_TARGET: tl.constexpr):
+    """(class index per row (0 for probability targets), whether the row counts)."""
+    t_idx = tl.zeros(rows.shape, dtype=tl.int64)
+    valid = row_mask
+    if not PROB_TARGET:
+        t_idx = tl.load(t_ptr + rows.to(tl.int64), mask=row_mask, other=ignore_index)
+        valid = row_mask & (t_idx != ignore_index)
+    return t_idx, valid
+
+
+@triton.jit
+def _cross_entropy_fwd_kernel(
+    x_ptr,  # logits (N, C, S), contiguous
+    t_ptr,  # targets: int64 (N, S), or probabilities (N, C, S)
+    w_ptr,  # class weights (C,); unused unless HAS_WEIGHT
+    loss_ptr,  # per-row loss (R,) with R = N * S
+    lse_ptr,  # per-row logsumexp (R,), for a target gradient
+    dx_ptr,  # (N, C, S) d loss / d x for an incoming gradient of 1 (written if WRITE_GRAD), see DIVIDED
+    out_ptr,  # () the reduced loss: sum, or sum / denominator (written unless REDUCTION is 0)
+    denom_ptr,  # (1,) the mean's denominator: sum of w_t over kept rows, or the row count
+    ws_ptr,  # (programs, 2) partial [loss sum, denominator] per program (unless ONE_TILE)
+    ticket_ptr,  # (1,) int32 arrival counter, zero between launches (unless ONE_TILE)
+    R, C, S,  # rows, classes, spatial size per sample
+    ignore_index,  # target value whose rows are skipped (index targets)
+    PROB_TARGET: tl.constexpr,  # targets are probabilities
+    HAS_WEIGHT: tl.constexpr,  # w_ptr holds class weights
+    SMOOTHING: tl.constexpr,  # label_smoothing eps
+    REDUCTION: tl.constexpr,  # 0 none, 1 sum, 2 mean
+    WRITE_GRAD: tl.constexpr,  # the input needs a gradient: write it now (the backward only scales)
+    ONE_TILE: tl.constexpr,  # one program holds every row: the mean's dx is divided here already
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,  # rows and classes per tile
+):
+    """Per-row losses, the reduced loss (the last program to finish adds the programs' partial sums in
+    program order: deterministic) and d loss_row / d x = softmax(x) * A - a, divided by the mean's
+    denominator when ONE_TILE."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    rows64 = rows.to(tl.int64)
+    base = (rows64 // S) * C * S + rows64 % S  # offset of (n, 0, s)
+    t_idx, valid = _targets(t_ptr, rows, row_mask, ignore_index, PROB_TARGET)
+    lse, asum, loss = _row_pass(x_ptr, t_ptr, w_ptr, rows, row_mask, base, t_idx, valid, C, S,
+                                PROB_TARGET, HAS_WEIGHT, SMOOTHING, BLOCK_C)
     if PROB_TARGET:
-        denom = tl.where(row_mask, 1.0, 0.0)
+        denom = tl.where(row_mask, 1.0, 0.0).to(x_ptr.dtype.element_ty)
     else:
         in_range = (t_idx >= 0) & (t_idx < C)
         loss = tl.where(valid & ~in_range, float("nan"), loss)
-        denom = tl.where(valid, 1.0, 0.0)
+        denom = tl.where(valid, 1.0, 0.0).to(x_ptr.dtype.element_ty)
         if HAS_WEIGHT:
             denom = tl.load(w_ptr + t_idx, mask=valid & in_range, other=0.0)
     tl.store(loss_ptr + rows, loss, mask=row_mask)
     tl.store(lse_ptr + rows, lse, mask=row_mask)
-    tl.store(asum_ptr + rows, asum, mask=row_mask)
-    if REDUCE:
-        tl.atomic_add(total_ptr, tl.sum(tl.where(row_mask, loss, 0.0), axis=0))
-        tl.atomic_add(total_ptr + 1, tl.sum(denom.to(x_ptr.dtype.element_ty), axis=0))
+    loss_sum = tl.sum(tl.where(row_mask, loss, 0.0), axis=0)
+    denom_sum = tl.sum(denom, axis=0)
+    if REDUCTION != 0:
+        if ONE_TILE:
+            tl.store(out_ptr, loss_sum / denom_sum if REDUCTION == 2 else loss_sum)
+            tl.store(denom_ptr, denom_sum)
+        else:
+            _reduce_programs(loss_sum, denom_sum, out_ptr, denom_ptr, ws_ptr, ticket_ptr, REDUCTION)
+    if WRITE_GRAD:
+        scale = tl.full((BLOCK_R,), 1.0, x_ptr.dtype.element_ty)
+        if REDUCTION == 2 and ONE_TILE:
+            scale = scale / denom_sum
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            mask = row_mask[:, None] & (cols[None, :] < C)
+            offsets = base[:, None] + cols[None, :].to(tl.int64) * S
+            x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
+            a = _row_coefficients(t_ptr, w_ptr, t_idx, valid, rows, cols, mask, C, S, base,
+                                  PROB_TARGET, HAS_WEIGHT, SMOOTHING, x_ptr.dtype.element_ty)
+            dx = (tl.exp(x - lse[:, None]) * asum[:, None] - a) * scale[:, None]
+            tl.store(dx_ptr + offsets, tl.where(valid[:, None], dx, 0.0), mask=mask)
+
+
+@triton.jit
+def _reduce_programs(loss_sum, denom_sum, out_ptr, denom_ptr, ws_ptr, ticket_ptr, REDUCTION: tl.constexpr):
+    """Each program's partial [loss sum, denominator] -> the last program to arrive adds them in order."""
+    pid = tl.program_id(0)
+    tl.store(ws_ptr + 2 * pid, loss_sum)
+    tl.store(ws_ptr + 2 * pid + 1, denom_sum)
+    if last_arrival(ticket_ptr, 0, tl.num_programs(0)):
+        loss_sum = tl.load(ws_ptr, cache_modifier=".cg")
+        denom_sum = tl.load(ws_ptr + 1, cache_modifier=".cg")
+        for p in range(1, tl.num_programs(0)):
+            loss_sum += tl.load(ws_ptr + 2 * p, cache_modifier=".cg")
+            denom_sum += tl.load(ws_ptr + 2 * p + 1, cache_modifier=".cg")
+        tl.store(out_ptr, loss_sum / denom_sum if REDUCTION == 2 else loss_sum)
+        tl.store(denom_ptr, denom_sum)
 
 
 @triton.jit
@@ -131,42 +189,48 @@ def _cross_entropy_bwd_kernel(
     t_ptr,  # targets, as in the forward
     w_ptr,  # class weights (C,); unused unless HAS_WEIGHT
     lse_ptr,  # per-row logsumexp (R,)
-    asum_ptr,  # per-row A (R,)
     g_ptr,  # dL/dloss: (R,) for "none", a scalar otherwise
-    total_ptr,  # forward totals; total[1] divides the gradient for "mean"
-    dx_ptr,  # dL/dx (N, C, S), contiguous
+    denom_ptr,  # (1,) the forward's denominator: divides the "mean" gradient (dx only unless DIVIDED)
+    dx_in_ptr,  # (N, C, S) the forward's d loss / d x (read if WANT_DX)
+    dx_ptr,  # (N, C, S) dL/dx out (written if WANT_DX)
+    dt_ptr,  # (N, C, S) dL/d target out, probability targets (written if WANT_DT)
     R, C, S,  # rows, classes, spatial size per sample
     ignore_index,  # as in the forward
     PROB_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTHING: tl.constexpr,  # as in the forward
     REDUCTION: tl.constexpr,  # 0 none, 1 sum, 2 mean
+    DIVIDED: tl.constexpr,  # the forward's dx is divided by the mean's denominator already
+    WANT_DX: tl.constexpr, WANT_DT: tl.constexpr,  # which gradients to write
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,  # rows and classes per tile
 ):
+    """dL/dx = g * dx_forward (/ denominator); dL/dt_c = -g * w_c * (1 - eps) * log_softmax(x)_c."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
     rows64 = rows.to(tl.int64)
     base = (rows64 // S) * C * S + rows64 % S
-    t_idx = tl.zeros((BLOCK_R,), dtype=tl.int64)
-    valid = row_mask
-    if not PROB_TARGET:
-        t_idx = tl.load(t_ptr + rows64, mask=row_mask, other=ignore_index)
-        valid = row_mask & (t_idx != ignore_index)
+    _, valid = _targets(t_ptr, rows, row_mask, ignore_index, PROB_TARGET)
     if REDUCTION == 0:
         g = tl.load(g_ptr + rows64, mask=row_mask, other=0.0)
     else:
         g = tl.load(g_ptr + rows64 * 0, mask=row_mask, other=0.0)  # broadcast the scalar
-        if REDUCTION == 2:
-            g = g / tl.load(total_ptr + 1 + rows64 * 0, mask=row_mask, other=1.0)
+    g_dt = g
+    if REDUCTION == 2:
+        g_dt = g / tl.load(denom_ptr + rows64 * 0, mask=row_mask, other=1.0)
+        if not DIVIDED:
+            g = g_dt
     lse = tl.load(lse_ptr + rows64, mask=row_mask, other=0.0)
-    asum = tl.load(asum_ptr + rows64, mask=row_mask, other=0.0)
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         mask = row_mask[:, None] & (cols[None, :] < C)
         offsets = base[:, None] + cols[None, :].to(tl.int64) * S
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
-        a = _row_coefficients(t_ptr, w_ptr, t_idx, valid, rows, cols, mask, C, S, base,
-                              PROB_TARGET, HAS_WEIGHT, SMOOTHING, x_ptr.dtype.element_ty)
-        dx = g[:, None] * (tl.exp(x - lse[:, None]) * asum[:, None] - a)
-        tl.store(dx_ptr + offsets, tl.where(valid[:, None], dx, 0.0), mask=mask)
+        if WANT_DX:
+            dx = tl.load(dx_in_ptr + offsets, mask=mask, other=0.0) * g[:, None]
+            tl.store(dx_ptr + offsets, tl.where(valid[:, None], dx, 0.0), mask=mask)
+        if WANT_DT:
+            log_p = tl.load(x_ptr + offsets, mask=mask, other=0.0) - lse[:, None]
+            dt = -(1.0 - SMOOTHING) * g_dt[:, None] * log_p
+            if HAS_WEIGHT:
+                dt = dt * tl.load(w_ptr + cols, mask=cols < C, other=0.0)[None, :]
+            tl.store(dt_ptr + offsets, dt, mask=mask)
 
 
 def _rows_view(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -189,7 +253,12 @@ def _rows_view(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor,
 
 
 class _CrossEntropy(torch.autograd.Function):
-    """Fused log-softmax + NLL over (N, C, S) logits -> per-row losses (R,) or a 0-d sum/mean."""
+    """Fused log-softmax + NLL over (N, C, S) logits -> per-row losses (R,) or a 0-d sum/mean.
+
+    The forward writes d loss / d x as well (for an incoming gradient of 1), so the backward only
+    scales it; when the incoming gradient is `unit_gradient(loss)` and one program held every row,
+    the backward returns it as is and launches nothing.
+    """
 
     @staticmethod
     def forward(
@@ -203,34 +272,63 @@ class _CrossEntropy(torch.autograd.Function):
     ) -> torch.Tensor:
         n, c, s = x.shape
         rows = n * s
-        loss = config.new_empty((rows,), x)
-        lse, asum = config.new_empty((rows,), x), config.new_empty((rows,), x)
-        total = torch.zeros(2, device=x.device, dtype=x.dtype)  # an accumulator, not an output
-        cfg = launch_config(c)
-        grid = (triton.cdiv(rows, cfg["BLOCK_R"]),)
-        _cross_entropy_fwd_kernel[grid](
-            x, target, weight if weight is not None else x, loss, lse, asum, total, rows, c, s, ignore_index,
-            REDUCE=reduction != 0, **_flags(target, weight, smoothing), **cfg,
+        cfg = policy.loss_tiles(rows, c)
+        programs = triton.cdiv(rows, cfg["BLOCK_R"])
+        loss, lse = config.new_empty((rows,), x), config.new_empty((rows,), x)
+        reduced, denom = config.new_empty((), x), config.new_empty((1,), x)
+        write_grad = ctx.needs_input_grad[0]
+        dx = config.new_empty(x.shape, x) if write_grad else x
+        ws, tickets = split_buffers(x.device, x.dtype, 2 * programs, 1) if programs > 1 else (x, x)
+        _cross_entropy_fwd_kernel[(programs,)](
+            x, target, weight if weight is not None else x, loss, lse, dx, reduced, denom, ws, tickets,
+            rows, c, s, ignore_index, REDUCTION=reduction, WRITE_GRAD=write_grad, ONE_TILE=programs == 1,
+            **_flags(target, weight, smoothing), **cfg,
         )
-        ctx.save_for_backward(x, target, weight, lse, asum, total)
+        ctx.save_for_backward(x, target, weight, lse, denom, dx if write_grad else None)
         ctx.ignore_index, ctx.reduction, ctx.smoothing = ignore_index, reduction, smoothing
-        if reduction == 0:
-            return loss
-        return total[0].clone() if reduction == 1 else total[0] / total[1]  # device ops: no sync
+        ctx.divided = programs == 1  # the mean's dx is divided by its denominator already
+        return loss if reduction == 0 else reduced  # device tensors: no host sync
 
     @staticmethod
     def backward(ctx: Ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, target, weight, lse, asum, total = ctx.saved_tensors
+        x, target, weight, lse, denom, dx_forward = ctx.saved_tensors
+        want_dx, want_dt = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if want_dx and not want_dt and ctx.reduction != 0 and ctx.divided and _is_unit(grad):
+            return dx_forward, None, None, None, None, None  # already dL/dx: no launch
         n, c, s = x.shape
-        dx = config.new_empty(x.shape, x)
-        cfg = launch_config(c)
-        grid = (triton.cdiv(n * s, cfg["BLOCK_R"]),)
-        _cross_entropy_bwd_kernel[grid](
-            x, target, weight if weight is not None else x, lse, asum, grad.contiguous(), total, dx,
-            n * s, c, s, ctx.ignore_index, REDUCTION=ctx.reduction,
+        dx = config.new_empty(x.shape, x) if want_dx else x
+        dt = config.new_empty(x.shape, x) if want_dt else x
+        cfg = policy.loss_tiles(n * s, c)
+        _cross_entropy_bwd_kernel[(triton.cdiv(n * s, cfg["BLOCK_R"]),)](
+            x, target, weight if weight is not None else x, lse, grad.contiguous(), denom,
+            dx_forward if want_dx else x, dx, dt, n * s, c, s, ctx.ignore_index, REDUCTION=ctx.reduction,
+            DIVIDED=ctx.divided, WANT_DX=want_dx, WANT_DT=want_dt,
             **_flags(target, weight, ctx.smoothing), **cfg,
         )
-        return dx, None, None, None, None, None
+        return dx if want_dx else None, dt if want_dt else None, None, None, None, None
+
+
+# (dtype, device) -> a 0-d tensor of 1 that a training step passes to loss.backward()
+_UNITS: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def unit_gradient(loss: torch.Tensor) -> torch.Tensor:
+    """A cached 0-d 1 of `loss`'s dtype and device, for `loss.backward(unit_gradient(loss))`.
+
+    `loss.backward()` fills a fresh tensor with 1 (a GPU op) and cross_entropy's backward cannot
+    tell it holds 1 without reading it (a host sync), so it scales its gradient (a launch).
+    Passed this tensor instead, it knows: its backward launches nothing. Never write into it.
+    """
+    key = (loss.dtype, loss.device)
+    if key not in _UNITS:
+        _UNITS[key] = torch.ones((), dtype=loss.dtype, device=loss.device)
+    return _UNITS[key]
+
+
+def _is_unit(grad: torch.Tensor) -> bool:
+    """grad is unit_gradient's tensor, unmodified (its version counter still 0): it holds 1."""
+    unit = _UNITS.get((grad.dtype, grad.device))
+    return grad is unit and grad._version == 0
 
 
 def _flags(target: torch.Tensor, weight: torch.Tensor | None, smoothing: float) -> dict[str, object]:
@@ -254,9 +352,10 @@ def _check_args(
         raise ValueError("cross_entropy: input must have a class dimension")
     if weight is not None and tuple(weight.shape) != (input.shape[0 if input.dim() == 1 else 1],):
         raise ValueError(f"cross_entropy: weight {tuple(weight.shape)} should hold one value per class")
-    grad_on = torch.is_grad_enabled()
-    if grad_on and (target.requires_grad or (weight is not None and weight.requires_grad)):
-        raise NotImplementedError("cross_entropy: gradients with respect to target or weight")
+    if torch.is_grad_enabled() and weight is not None and weight.requires_grad:
+        raise NotImplementedError("cross_entropy: gradient with respect to weight")
+    if torch.is_grad_enabled() and target.requires_grad and not target.is_floating_point():
+        raise NotImplementedError("cross_entropy: gradient with respect to class-index targets")
 
 
 def cross_entropy(

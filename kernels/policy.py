@@ -245,6 +245,23 @@ def triton_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 # -- loss --
+# cross-entropy tiles hold BLOCK_R rows x BLOCK_C classes (classes looped in chunks of up to 1024). On
+# the GPU: up to 128 rows (MNIST batches) x 16 class slots fit one 8-warp program, which then finishes
+# the mean's gradient itself (no backward launch); larger problems take 512-element, 4-warp tiles.
+# Both keep every float32 variant free of spills on sm_90 (8 and 4 elements per thread; a few float64
+# variants spill 8-24 bytes). The interpreter takes 16384-element tiles (programs run one by one).
+
+
+def loss_tiles(rows: int, classes: int) -> dict[str, int]:
+    """{"BLOCK_R", "BLOCK_C", "num_warps"} for a cross-entropy over `rows` rows of `classes` classes."""
+    block_c = _fit(classes, 16, 1024)
+    all_rows = _fit(rows, 1, 1 << 30)
+    if interpreting():
+        return {"BLOCK_R": min(max(1, (1 << 14) // block_c), all_rows), "BLOCK_C": block_c, "num_warps": 1}
+    if all_rows * block_c <= 2048:
+        return {"BLOCK_R": all_rows, "BLOCK_C": block_c, "num_warps": 8}
+    return {"BLOCK_R": max(1, 512 // block_c), "BLOCK_C": block_c, "num_warps": 4}
+
 
 # -- recurrent --
 # The persistent sequence kernels give a program BLOCK_N batch rows of one direction for all T

@@ -25,14 +25,8 @@ IntPair = int | tuple[int, int]
 
 
 def _launch_config(elements: int) -> tuple[int, int]:
-    """(elements per program, warps) for a launch over `elements`: the one place to tune pooling.
-
-    The interpreter runs programs one after another at a high fixed cost
-    each, so it gets few, large blocks.
-    """
-    if config.interpreting():
-        return max(16, min(1 << 14, triton.next_power_of_2(elements))), 1
-    return 256, 4
+    """(elements per program, warps) for a launch over `elements`: policy.py's pool section."""
+    return policy.pool_block(elements)
 
 
 @triton.jit
@@ -225,7 +219,8 @@ def _geometry(
     dilation: IntPair, ceil_mode: bool,
 ) -> _PoolGeometry:
     kernel = _pair(kernel_size, "kernel_size", op)
-    stride_hw = kernel if stride is None or stride == [] else _pair(stride, "stride", op)
+    empty = isinstance(stride, (tuple, list)) and len(stride) == 0  # PyTorch: () or [] means the kernel size
+    stride_hw = kernel if stride is None or empty else _pair(stride, "stride", op)
     pad, dil = _pair(padding, "padding", op), _pair(dilation, "dilation", op)
     if min(kernel) < 1 or min(stride_hw) < 1 or min(dil) < 1 or min(pad) < 0:
         raise ValueError(f"{op}: kernel_size, stride, dilation must be >= 1 and padding >= 0")
@@ -278,11 +273,14 @@ class _MaxPool2dFunction(torch.autograd.Function):
         ctx.save_for_backward(indices)
         ctx.geo, ctx.x_shape = geo, x.shape
         ctx.mark_non_differentiable(indices)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for the indices (a GPU op per step)
         return y, indices
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, dy: torch.Tensor, _dindices: Any) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, dy: torch.Tensor | None, _dindices: Any) -> tuple[torch.Tensor | None, None]:  # type: ignore[override]
+        if dy is None:  # only the indices were used downstream: x gets no gradient
+            return None, None
         (indices,) = ctx.saved_tensors
         geo = ctx.geo
         dx = config.new_empty(ctx.x_shape, dy)

@@ -200,9 +200,12 @@ class TrainStep:
         return loss.detach()
 
     def _seed_gradient(self, loss: torch.Tensor) -> torch.Tensor:
-        """dloss/dloss = 1, made once (the warm-up makes it before any capture): saves a fill per step."""
+        """dloss/dloss = 1, made once (the warm-up makes it before any capture): saves a fill per step;
+        netc's cross_entropy recognises this tensor and then launches no backward at all."""
         if self._ones is None or self._ones.dtype != loss.dtype or self._ones.device != loss.device:
-            self._ones = torch.ones((), dtype=loss.dtype, device=loss.device)
+            from netc.kernels.loss import unit_gradient  # the same 0-d 1 for a (dtype, device)
+
+            self._ones = unit_gradient(loss)
         return self._ones
 
     def _warm_up(self) -> None:

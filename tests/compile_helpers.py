@@ -135,32 +135,42 @@ _LOSS_FLAGS = {
 
 
 def _loss() -> list[Variant]:
-    loss = importlib.import_module("netc.kernels.loss")
+    policy = importlib.import_module("netc.kernels.policy")
 
     out = []
     for dt in DTYPES:
-        ptrs = _ptrs(dt, "x_ptr", "w_ptr", "loss_ptr", "lse_ptr", "asum_ptr", "total_ptr", "g_ptr", "dx_ptr",
-                     "t_ptr")
+        ptrs = _ptrs(dt, "x_ptr", "w_ptr", "loss_ptr", "lse_ptr", "dx_ptr", "out_ptr", "denom_ptr", "ws_ptr",
+                     "g_ptr", "dx_in_ptr", "dt_ptr", "t_ptr")
+        ptrs["ticket_ptr"] = "*i32"
         # classes: 10 (MNIST, the smallest BLOCK_C), the largest BLOCK_C, C = 1 (Triton makes it constexpr);
-        # S = 1 (a 2-D input; constexpr too) except in the spatial case
+        # S = 1 (a 2-D input; constexpr too) except in the spatial case; 128 rows fit one program (the
+        # MNIST batch: the forward divides the mean's gradient itself), 100,000 take many
         shapes = [(10, {"S": 1}), (1000, {"S": 1}), (1, {"C": 1, "S": 1}), (10, {})]
-        for classes, ones in shapes:
-            cfg = dict(loss.launch_config(classes))
+        for (classes, ones), rows in itertools.product(shapes, (128, 100_000)):
+            cfg = dict(policy.loss_tiles(rows, classes))
             warps = cfg.pop("num_warps")
+            one_tile = rows <= cfg["BLOCK_R"]
             flag_sets = _LOSS_FLAGS if classes == 10 and ones else {"default": {}}
             spatial = "" if ones else " spatial"
             for label, flags in flag_sets.items():
                 base = {"PROB_TARGET": False, "HAS_WEIGHT": False, "SMOOTHING": 0.0, **flags, **cfg, **ones}
                 pointers = dict(ptrs, t_ptr=f"*{dt}" if base["PROB_TARGET"] else "*i64")
-                tag = f"{dt} C={classes}{spatial} {label}"
+                tag = f"{dt} C={classes}{spatial} {label} rows={rows}"
                 every = label == "default" and classes == 10 and bool(ones)  # reductions: one case is enough
-                for reduce in (True, False) if every else (True,):
-                    out.append(Variant(f"loss fwd {tag} reduce={reduce}", "loss", "_cross_entropy_fwd_kernel",
-                                       pointers, dict(base, REDUCE=reduce), warps))
                 for reduction in (0, 1, 2) if every else (2,):
-                    out.append(Variant(f"loss bwd {tag} reduction={reduction}", "loss",
-                                       "_cross_entropy_bwd_kernel", pointers, dict(base, REDUCTION=reduction),
-                                       warps))
+                    fwd = dict(base, REDUCTION=reduction, WRITE_GRAD=True, ONE_TILE=one_tile)
+                    out.append(Variant(f"loss fwd {tag} reduction={reduction}", "loss",
+                                       "_cross_entropy_fwd_kernel", pointers, fwd, warps))
+                    wanted = [(True, False)] + ([(False, True), (True, True)] if base["PROB_TARGET"] else [])
+                    for want_dx, want_dt in wanted:
+                        bwd = dict(base, REDUCTION=reduction, DIVIDED=one_tile, WANT_DX=want_dx,
+                                   WANT_DT=want_dt)
+                        out.append(Variant(f"loss bwd {tag} reduction={reduction} dx={want_dx} dt={want_dt}",
+                                           "loss", "_cross_entropy_bwd_kernel", pointers, bwd, warps))
+                if every:  # inference: no gradient written
+                    fwd = dict(base, REDUCTION=2, WRITE_GRAD=False, ONE_TILE=one_tile)
+                    out.append(Variant(f"loss fwd {tag} no grad", "loss", "_cross_entropy_fwd_kernel",
+                                       pointers, fwd, warps))
     return out
 
 

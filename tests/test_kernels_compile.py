@@ -96,6 +96,6 @@ def test_variants_use_the_cuda_launch_settings() -> None:
     assert (gemm.constexprs["BLOCK_K"], gemm.stages) == (32, 3)  # the interpreter's is 64, 1 stage
     assert by_name["activation fwd fp32 act=1"].constexprs["BLOCK"] == 1024
     assert by_name["pool max fwd fp32 2x2 indices=True"].constexprs["BLOCK"] == 256
-    assert by_name["loss fwd fp32 C=10 default reduce=True"].constexprs["BLOCK_R"] == 4096 // 16
+    assert by_name["loss fwd fp32 C=10 default rows=128 reduction=2"].constexprs["BLOCK_R"] == 2048 // 16
     assert by_name["recurrent step fwd fp64 cell=2"].constexprs["BLOCK_H"] == 128
     assert os.environ.get("TRITON_INTERPRET") in (None, "1")  # listing left the interpreter setting alone

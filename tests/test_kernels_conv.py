@@ -17,7 +17,7 @@ from kernel_helpers_dense import record_launches
 from kernel_helpers_conv import EXAMPLE_CONVS, strided_like
 from kernel_helpers_conv import compare_with_torch as compare_any
 
-from netc.kernels import conv, conv_weight, policy
+from netc.kernels import conv, conv_weight, policy, split_k
 from netc.kernels.conv import conv2d, conv2d_act
 
 # every comparison here: tolerances follow the conv dot precision that ran (tf32 on a GPU by default)
@@ -146,7 +146,7 @@ def test_split_k_is_one_deterministic_launch_that_rezeroes_its_tickets(
     grid, args, kwargs_launched = launches[0]
     assert kwargs_launched["SPLIT"] and grid[2] == 2 * 3  # groups x splits
     assert all(torch.equal(first, second) for first, second in zip(*grads, strict=True))
-    assert not conv_weight._TICKETS[x.device].any()
+    assert not split_k._TICKETS[x.device].any()
 
 
 def _random_case(seed: int) -> tuple[tuple[int, ...], int, tuple[int, int], dict]:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 from kernel_helpers_conv import strided_like
 from kernel_helpers_dense import check
 
-from netc.kernels.loss import cross_entropy
+from netc.kernels import loss as loss_module
+from netc.kernels import config, policy, split_k
+from netc.kernels.loss import cross_entropy, unit_gradient
+from netc.runtime.opcount import count_step_ops
 
 C = 7
 # id -> input shape; class dimension is 1 (0 when unbatched)
@@ -91,6 +92,11 @@ def test_mean_with_every_target_ignored_is_nan_with_zero_grad(smoothing: float, 
     assert torch.equal(dx, dx_ref) and torch.equal(dx, torch.zeros_like(dx))
 
 
+def _four_rows_per_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    tiles = policy.loss_tiles
+    monkeypatch.setattr(policy, "loss_tiles", lambda rows, classes: dict(tiles(rows, classes), BLOCK_R=4))
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("kind", ["index", "probs"])
 def test_rows_over_several_programs(
@@ -98,9 +104,7 @@ def test_rows_over_several_programs(
 ) -> None:
     """4 rows per program: 39 rows take 10 programs (the last partial), whose partial sums and
     weight totals must all reach the mean; every other test fits its rows in one program."""
-    module = importlib.import_module("netc.kernels.loss")
-    launch_config = module.launch_config
-    monkeypatch.setattr(module, "launch_config", lambda classes: dict(launch_config(classes), BLOCK_R=4))
+    _four_rows_per_program(monkeypatch)
     x = torch.randn(3, C, 13, dtype=torch.float64, device=device)
     target = _targets((3, C, 13), kind, device)
     if kind == "index":
@@ -200,8 +204,8 @@ def test_rejections(device: str) -> None:
         cross_entropy(x, target[:3])
     with pytest.raises(ValueError, match="weight"):
         cross_entropy(x, target, weight=torch.ones(C + 1, device=device))
-    with pytest.raises(NotImplementedError, match="target or weight"):
-        cross_entropy(x, torch.rand(4, C, device=device, requires_grad=True))
+    with pytest.raises(NotImplementedError, match="weight"):
+        cross_entropy(x, target, weight=torch.ones(C, device=device, requires_grad=True))
     with pytest.raises(NotImplementedError, match="float16"):
         cross_entropy(x.half(), target)
     probabilities = torch.softmax(torch.randn(4, C, device=device), 1)
@@ -216,3 +220,90 @@ def test_single_class(kind: str, device: str) -> None:
     """C = 1 (a GPU launch specialises the int 1 to a constant): loss 0 without smoothing, as torch."""
     x = torch.randn(6, 1, dtype=torch.float64, device=device)
     _compare(x, _targets((6, 1), kind, device), label_smoothing=0.2, reduction="sum")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", ["2d", "kdim", "unbatched"])
+def test_probability_target_gradient(case: str, reduction: str, device: str) -> None:
+    """d loss / d target for probability targets (PyTorch's OpInfo samples ask for it), with class
+    weights and label smoothing: -g * w_c * (1 - eps) * log_softmax(x)_c, and the input's gradient."""
+    shape = SHAPES[case]
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    target = _targets(shape, "probs", device).requires_grad_()
+    weight = torch.rand(C, dtype=torch.float64, device=device) + 0.1
+    kwargs = {"reduction": reduction, "weight": weight, "label_smoothing": 0.2}
+    loss, loss_ref = cross_entropy(x, target, **kwargs), F.cross_entropy(x, target, **kwargs)
+    grad = torch.randn(loss_ref.shape, dtype=torch.float64, device=device)
+    ours, ref = torch.autograd.grad(loss, [x, target], grad), torch.autograd.grad(loss_ref, [x, target], grad)
+    check("cross_entropy:target grad", ours[1], ref[1])
+    check("cross_entropy:grad", ours[0], ref[0])
+    (target_only,) = torch.autograd.grad(cross_entropy(x.detach(), target, **kwargs), target, grad)
+    check("cross_entropy:target grad", target_only, ref[1])
+
+
+def test_probability_target_gradient_over_several_programs(
+    device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mean's denominator comes from the last program's sum when the rows span programs."""
+    _four_rows_per_program(monkeypatch)
+    x = torch.randn(3, C, 5, dtype=torch.float64, device=device, requires_grad=True)
+    target = _targets((3, C, 5), "probs", device).requires_grad_()
+    loss, loss_ref = cross_entropy(x, target), F.cross_entropy(x, target)
+    check("cross_entropy:forward", loss, loss_ref)
+    ours, ref = torch.autograd.grad(loss, [x, target]), torch.autograd.grad(loss_ref, [x, target])
+    check("cross_entropy:target grad", ours[1], ref[1])
+    check("cross_entropy:grad", ours[0], ref[0])
+
+
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_loss_and_gradient_in_one_launch(kind: str, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training step's loss: ONE GPU operation for the loss, its reduction and its input gradient
+    (no zeroed accumulator, no division, no backward launch) when the step passes unit_gradient;
+    with plain loss.backward() the backward scales (one launch) and is right too."""
+    monkeypatch.setattr(config, "POISON_OUTPUTS", False)  # NaN fills are the tests' own ops
+    x = torch.randn(23, C, dtype=torch.float32, device=device, requires_grad=True)
+    target = _targets((23, C), kind, device)
+    target = target.float() if kind == "probs" else target
+
+    def step() -> torch.Tensor:
+        loss = cross_entropy(x, target, label_smoothing=0.1)
+        loss.backward(unit_gradient(loss))
+        return loss
+
+    unit_gradient(torch.zeros((), device=device))  # the step's seed exists before the counted step
+    ops = count_step_ops(step)
+    assert (ops.total, dict(ops.triton)) == (1, {"_cross_entropy_fwd_kernel": 1}), ops.summary()
+    reference = x.detach().double().requires_grad_()
+    F.cross_entropy(reference, target.double() if kind == "probs" else target, label_smoothing=0.1).backward()
+    check("cross_entropy:grad", x.grad, reference.grad)
+    x.grad = None
+    ops = count_step_ops(lambda: cross_entropy(x, target, label_smoothing=0.1).backward())
+    assert dict(ops.triton) == {"_cross_entropy_fwd_kernel": 1, "_cross_entropy_bwd_kernel": 1}
+    check("cross_entropy:grad", x.grad, reference.grad)
+
+
+def test_a_modified_unit_gradient_is_not_trusted(device: str) -> None:
+    """unit_gradient's tensor written into (version counter moved) is read, not assumed to be 1."""
+    x = torch.randn(5, C, dtype=torch.float64, device=device, requires_grad=True)
+    target = torch.randint(0, C, (5,), device=device)
+    loss = cross_entropy(x, target)
+    seed = unit_gradient(loss)
+    try:
+        seed.mul_(3.0)
+        (dx,) = torch.autograd.grad(loss, x, seed)
+    finally:
+        loss_module._UNITS.clear()  # the next caller gets a fresh 1
+    (dx_ref,) = torch.autograd.grad(F.cross_entropy(x, target) * 3.0, x)
+    check("cross_entropy:grad", dx, dx_ref)
+
+
+def test_multi_program_reduction_is_deterministic_and_rezeroes_its_ticket(
+    device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _four_rows_per_program(monkeypatch)
+    x = torch.randn(37, C, dtype=torch.float32, device=device)
+    target = torch.randint(0, C, (37,), device=device)
+    first, second = cross_entropy(x, target), cross_entropy(x, target)
+    assert torch.equal(first, second)
+    assert not split_k._TICKETS[x.device].any()
+    check("cross_entropy:forward", first, F.cross_entropy(x.double(), target), torch.float32)

@@ -234,3 +234,36 @@ def test_unsupported_and_bad_arguments_raise(device: str) -> None:
         avg_pool2d(x, 2, divisor_override=0)
     with pytest.raises(ValueError, match="3-D or 4-D"):
         max_pool2d(x[0, 0], 2)
+
+
+@pytest.mark.parametrize("empty", [(), []], ids=["tuple", "list"])
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_empty_stride_means_the_kernel_size(device: str, pool: str, empty: tuple | list) -> None:
+    """PyTorch reads stride=() (or []) as stride=kernel_size; its OpInfo samples pass it."""
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, device=device, requires_grad=True)
+    kwargs = {"kernel_size": (3, 2), "stride": empty, "padding": 1}
+    if pool == "max":
+        compare_with_torch("max_pool2d", _max(**kwargs), _max_reference(**kwargs), [x])
+    else:
+        ours, reference = (lambda x: avg_pool2d(x, **kwargs)), (lambda x: F.avg_pool2d(x, **kwargs))
+        compare_with_torch("avg_pool2d", ours, reference, [x])
+    assert avg_pool2d(x, 2, stride=empty).shape == (2, 3, 4, 4)
+
+
+def test_max_pool2d_backward_makes_no_zero_gradient_for_the_indices(
+    device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The indices output is not differentiable: its gradient is never materialized as a zero-filled
+    tensor (one GPU op per training step), so the backward is the one gradient kernel."""
+    from netc.kernels import config
+    from netc.runtime.opcount import count_step_ops
+
+    monkeypatch.setattr(config, "POISON_OUTPUTS", False)  # NaN fills are the tests' own ops
+    x = torch.randn(2, 3, 8, 6, dtype=torch.float64, device=device, requires_grad=True)
+    y, _indices = max_pool2d(x, 2, return_indices=True)
+    grad = torch.randn_like(y)
+    ops = count_step_ops(lambda: y.backward(grad))
+    assert (ops.total, dict(ops.triton)) == (1, {"_max_pool2d_bwd_kernel": 1}), ops.summary()
+    reference = x.detach().requires_grad_()
+    F.max_pool2d(reference, 2).backward(grad)
+    assert torch.equal(x.grad, reference.grad)
