@@ -164,7 +164,7 @@ def mnist() -> RawData:
 
 
 def test_mnist_is_the_full_dataset_in_unit_range(mnist: RawData) -> None:
-    assert mnist.train_x.shape == (60000, 784) and mnist.test_x.shape == (10000, 784)
+    assert mnist.train_x.shape == (60000, 28, 28) and mnist.test_x.shape == (10000, 28, 28)
     assert mnist.train_x.dtype == np.float32 and mnist.train_y.dtype == np.int64
     assert 0.0 <= mnist.train_x.min() and mnist.train_x.max() <= 1.0 and mnist.train_x.max() > 0.99
     assert sorted(set(mnist.train_y.tolist())) == list(range(10))
