@@ -92,6 +92,10 @@ def test_parser_tables_are_cached_in_a_private_directory(tmp_path: Path,
         assert (tmp_path / "netc").stat().st_mode & 0o777 == 0o700
         parser._parser.cache_clear()  # a second process: the tables come from the file
         assert parse("net b {\n    input [784]\n    linear 10\n}\n").name == "b"
+        cached.write_bytes(b"half a pickle")  # another process was writing it: rebuilt, not an error
+        parser._parser.cache_clear()
+        assert parse("net c {\n    input [784]\n    linear 10\n}\n").name == "c"
+        assert cached.stat().st_size > 1000
         os.chmod(tmp_path / "netc", 0o777)  # others could plant a pickle there: not used
         assert parser._cache_file("grammar") is False
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a_file" / "below"))
