@@ -14,8 +14,9 @@ deterministic sum:
   replay of a captured CUDA graph, finds it zeroed.
 The bias gradient (row sums of the output gradient) comes from the same launch:
 the CTAs of the first tile column add up the rows of the tiles they load anyway.
-Counters are shared by every launch on a device: launches on one stream run one
-after another, and each leaves them at 0.
+The workspace, the counters and the split-K helper are kernels/gemm.py's (one
+scheme for every GEMM): launches on one stream run one after another, and each
+leaves the counters at 0.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import triton.language as tl
 from netc.kernels import config, policy
 from netc.kernels.activation import activation_grad
 from netc.kernels.conv_geometry import Geometry
-from netc.kernels.split_k import gather_splits, split_buffers
+from netc.kernels.gemm import _gather_splits as gather_splits  # split-K: partials, tickets, last CTA
+from netc.kernels.gemm import _split_buffers as split_buffers
 
 
 @triton.jit

@@ -17,8 +17,8 @@ online max (lse = m + log sum exp(x - m)) gives the per-row loss and lse; the
 reduction ("mean"/"sum": the row losses and the mean's denominator, sum of w_t
 over kept rows for indices or the row count for probabilities) is finished in
 the same launch by the last program to arrive, which adds every program's
-partial sums in program order (kernels/split_k.py: deterministic, no zeroed
-accumulator, no host sync); a second pass writes d loss / d x for an incoming
+partial sums in program order (the split-K tickets of kernels/gemm.py:
+deterministic, no zeroed accumulator, no host sync); a second pass writes d loss / d x for an incoming
 gradient of 1 (divided by the mean's denominator already when one program holds
 every row, as at MNIST batch sizes). The backward then only scales it by the
 incoming gradient, or, given `unit_gradient(loss)`, launches nothing at all.
@@ -39,7 +39,7 @@ from torch.autograd.function import FunctionCtx as Ctx
 
 from netc.kernels import config, policy
 from netc.kernels.activation import check_dtype
-from netc.kernels.split_k import last_arrival, split_buffers
+from netc.kernels.gemm import _split_buffers as split_buffers  # the split-K workspace and tickets
 
 _REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 
@@ -168,12 +168,23 @@ def _cross_entropy_fwd_kernel(
 
 
 @triton.jit
+def _last_arrival(ticket_ptr, index, arrivals):
+    """True in the CTA that arrives last (of `arrivals`) at counter `index`, which it then resets to 0."""
+    tl.debug_barrier()  # every thread's partial is written before the ticket releases it
+    ticket = tl.atomic_add(ticket_ptr + index, 1, sem="acq_rel")
+    last = ticket == arrivals - 1
+    if last:
+        tl.store(ticket_ptr + index, 0)
+    return last
+
+
+@triton.jit
 def _reduce_programs(loss_sum, denom_sum, out_ptr, denom_ptr, ws_ptr, ticket_ptr, REDUCTION: tl.constexpr):
     """Each program's partial [loss sum, denominator] -> the last program to arrive adds them in order."""
     pid = tl.program_id(0)
     tl.store(ws_ptr + 2 * pid, loss_sum)
     tl.store(ws_ptr + 2 * pid + 1, denom_sum)
-    if last_arrival(ticket_ptr, 0, tl.num_programs(0)):
+    if _last_arrival(ticket_ptr, 0, tl.num_programs(0)):
         loss_sum = tl.load(ws_ptr, cache_modifier=".cg")
         denom_sum = tl.load(ws_ptr + 1, cache_modifier=".cg")
         for p in range(1, tl.num_programs(0)):

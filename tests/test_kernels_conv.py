@@ -17,7 +17,7 @@ from kernel_helpers_dense import record_launches
 from kernel_helpers_conv import EXAMPLE_CONVS, strided_like
 from kernel_helpers_conv import compare_with_torch as compare_any
 
-from netc.kernels import conv, conv_weight, policy, split_k
+from netc.kernels import conv, conv_weight, gemm, policy
 from netc.kernels.conv import conv2d, conv2d_act
 
 # every comparison here: tolerances follow the conv dot precision that ran (tf32 on a GPU by default)
@@ -146,7 +146,7 @@ def test_split_k_is_one_deterministic_launch_that_rezeroes_its_tickets(
     grid, args, kwargs_launched = launches[0]
     assert kwargs_launched["SPLIT"] and grid[2] == 2 * 3  # groups x splits
     assert all(torch.equal(first, second) for first, second in zip(*grads, strict=True))
-    assert not split_k._TICKETS[x.device].any()
+    assert not gemm._TICKETS[x.device].any()
 
 
 def _random_case(seed: int) -> tuple[tuple[int, ...], int, tuple[int, int], dict]:
@@ -356,15 +356,15 @@ def test_launch_configs_fit_triton(
     """Power-of-two tiles, dot sides >= 16, and no block over Triton's 2**20-element limit."""
     monkeypatch.setattr(policy, "interpreting", lambda: interpreted)
     for kind in policy.CONV_KINDS:
-        for gemm in [(1, 1, 1), (50176, 6, 25), (6, 25, 50176), (10**6, 512, 4608), (17, 300, 9)]:
-            cfg = policy.conv_tiles(kind, dtype, gemm)
+        for sizes in [(1, 1, 1), (50176, 6, 25), (6, 25, 50176), (10**6, 512, 4608), (17, 300, 9)]:
+            cfg = policy.conv_tiles(kind, dtype, sizes)
             sides = (cfg.block_m, cfg.block_n, cfg.block_k)
-            assert all(side & (side - 1) == 0 for side in sides), (kind, gemm, cfg)
+            assert all(side & (side - 1) == 0 for side in sides), (kind, sizes, cfg)
             if dtype == torch.float32:
-                assert min(sides) >= 16, (kind, gemm, cfg)
+                assert min(sides) >= 16, (kind, sizes, cfg)
                 assert max(cfg.block_m * cfg.block_k, cfg.block_k * cfg.block_n) <= 1 << 20
             else:
-                assert cfg.block_m * cfg.block_k * cfg.block_n <= 1 << 20, (kind, gemm, cfg)
+                assert cfg.block_m * cfg.block_k * cfg.block_n <= 1 << 20, (kind, sizes, cfg)
 
 
 @pytest.mark.slow

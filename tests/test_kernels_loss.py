@@ -9,7 +9,7 @@ from kernel_helpers_conv import strided_like
 from kernel_helpers_dense import check
 
 from netc.kernels import loss as loss_module
-from netc.kernels import config, policy, split_k
+from netc.kernels import config, gemm, policy
 from netc.kernels.loss import cross_entropy, unit_gradient
 from netc.runtime.opcount import count_step_ops
 
@@ -305,5 +305,5 @@ def test_multi_program_reduction_is_deterministic_and_rezeroes_its_ticket(
     target = torch.randint(0, C, (37,), device=device)
     first, second = cross_entropy(x, target), cross_entropy(x, target)
     assert torch.equal(first, second)
-    assert not split_k._TICKETS[x.device].any()
+    assert not gemm._TICKETS[x.device].any()
     check("cross_entropy:forward", first, F.cross_entropy(x.double(), target), torch.float32)
