@@ -92,17 +92,23 @@ def _parse_tree(text: str, path: str) -> lark.Tree:
             if found and diagnostic.loc.line <= found[-1].loc.line:
                 break  # no progress: what follows is a consequence of an earlier mistake
             found.append(diagnostic)
-            line = error.line if isinstance(error.line, int) and 0 < error.line <= len(lines) else 0
-            if not line or line != diagnostic.loc.line or len(found) >= MAX_SYNTAX_ERRORS:
+            if len(found) >= MAX_SYNTAX_ERRORS or not _blank(lines, error.line, diagnostic.loc.line):
                 break
-            if "{" in lines[line - 1] or "}" in lines[line - 1]:
-                break  # blanking it would unbalance the blocks
-            lines[line - 1] = ""
-            continue
-        if not found:
-            return tree
-        break
+        else:
+            if not found:
+                return tree
+            break
     raise NetError(found)
+
+
+def _blank(lines: list[str], line: int | None, reported: int) -> bool:
+    """Blank the line of an error, so parsing can go on after it; False when that cannot help."""
+    if not isinstance(line, int) or not 0 < line <= len(lines) or line != reported:
+        return False  # an error at the end of the file, or moved to an unclosed `{`
+    if "{" in lines[line - 1] or "}" in lines[line - 1]:
+        return False  # blanking it would unbalance the blocks
+    lines[line - 1] = ""
+    return True
 
 
 def _check_nesting(text: str, path: str) -> None:
