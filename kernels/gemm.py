@@ -13,7 +13,7 @@ Linear layers, the recurrent projections and the weight gradients all run
   activation's backward fused into the GEMMs that consume dL/dz), for the
   activations with a cheap derivative (PROLOGUE_ACTIVATIONS).
 - Row sums of A in the same launch (`row_sums=`): the CTAs of the first tile
-  column add up their A tiles, so dW = dY^T X comes with db = colsum(dY).
+  column store the sums of their A tiles, so dW = dY^T X comes with db = colsum(dY).
 - Split-K in one launch, deterministic: each CTA of a split writes its partial
   tile to a workspace; a per-tile ticket counter tells the last CTA to arrive to
   add the partials in split order, run the epilogue and zero the counter again.
@@ -193,15 +193,12 @@ def _gemm_kernel(
     b_cols = cols.to(tl.int64) * s_bn
     k_lo = split * split_len
     k_hi = tl.minimum(k_lo + split_len, K)
-    sums_here = pid_n == 0  # the first tile column sums A's rows (A is the same along a tile row)
-    if ROW_SUMS and sums_here:
-        acc, sums = _mainloop(a_ptr, b_ptr, s_ptr, a_rows, s_rows, b_cols, row_ok, col_ok, k_lo, k_hi,
-                              k_inner, s_ak, s_ak_in, s_bk, s_bk_in, s_sk, SLOPE, ACC_DTYPE, PRECISION,
-                              K_TWO_DIMS, A_ACT, True, BLOCK_M, BLOCK_N, BLOCK_K)
-    else:
-        acc, sums = _mainloop(a_ptr, b_ptr, s_ptr, a_rows, s_rows, b_cols, row_ok, col_ok, k_lo, k_hi,
-                              k_inner, s_ak, s_ak_in, s_bk, s_bk_in, s_sk, SLOPE, ACC_DTYPE, PRECISION,
-                              K_TWO_DIMS, A_ACT, False, BLOCK_M, BLOCK_N, BLOCK_K)
+    # every tile column sums A's rows (a second loop for the first column alone made ptxas spill), the
+    # first stores them
+    sums_here = pid_n == 0
+    acc, sums = _mainloop(a_ptr, b_ptr, s_ptr, a_rows, s_rows, b_cols, row_ok, col_ok, k_lo, k_hi, k_inner,
+                          s_ak, s_ak_in, s_bk, s_bk_in, s_sk, SLOPE, ACC_DTYPE, PRECISION, K_TWO_DIMS, A_ACT,
+                          ROW_SUMS, BLOCK_M, BLOCK_N, BLOCK_K)
     last = True
     if SPLIT:
         tiles = tl.num_programs(0)
