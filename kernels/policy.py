@@ -275,10 +275,9 @@ def loss_tiles(rows: int, classes: int) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class RecurrentConfig:
-    """Block sizes, warps and stages of the recurrent family's launches; one per target."""
+    """Block sizes, warps and stages of the recurrent family's own launches (its GEMMs and column
+    sums are kernels/gemm.py's, tiled by the gemm section); one per target."""
 
-    gemm_block: tuple[int, int, int]  # BLOCK_M, BLOCK_N, BLOCK_K of the projection / gradient GEMMs
-    gemm_warps: int
     seq_block_n: int  # batch rows per persistent program, at most (>= 16: the dot's M)
     seq_tiles: dict[str, tuple[int, int]]  # "rnn"/"lstm"/"gru" -> (BLOCK_J units per column block, warps)
     seq_block_k: int  # K chunk of the persistent kernels' recurrent dots (>= 16)
@@ -287,21 +286,20 @@ class RecurrentConfig:
     seq_maxnreg: int  # ptxas register ceiling of the persistent kernels (see below)
     step_block: tuple[int, int]  # BLOCK_N, BLOCK_H of the per-step fallback's cell launches
     step_warps: int
-    colsum_block: tuple[int, int]  # BLOCK_R, BLOCK_C of the bias-gradient column sums
 
 
 # Tiles per cell: the lstm's four gates take the narrower column block. Left to itself, ptxas (13.4,
 # via triton 3.9) capped some variants at 80-128 registers and spilled 8-16 bytes a thread; with
 # `.maxnreg 255` it takes what it needs (up to ~210) and spills nothing. A program per 16 batch rows
 # and direction is 7-14 CTAs at batch 100, so occupancy is not what limits these kernels.
-RECURRENT_GPU = RecurrentConfig(gemm_block=(64, 64, 32), gemm_warps=4, seq_block_n=16,
+RECURRENT_GPU = RecurrentConfig(seq_block_n=16,
                                 seq_tiles={"rnn": (32, 8), "lstm": (16, 8), "gru": (32, 8)}, seq_block_k=16,
                                 max_hidden=1024, seq_stages=1, seq_maxnreg=255, step_block=(16, 128),
-                                step_warps=4, colsum_block=(64, 64))
-RECURRENT_INTERPRETER = RecurrentConfig(gemm_block=(64, 64, 64), gemm_warps=4, seq_block_n=64,
+                                step_warps=4)
+RECURRENT_INTERPRETER = RecurrentConfig(seq_block_n=64,
                                         seq_tiles={"rnn": (256, 4), "lstm": (256, 4), "gru": (256, 4)},
                                         seq_block_k=256, max_hidden=1024, seq_stages=1, seq_maxnreg=255,
-                                        step_block=(64, 256), step_warps=4, colsum_block=(256, 64))
+                                        step_block=(64, 256), step_warps=4)
 
 
 def recurrent_config() -> RecurrentConfig:

@@ -90,10 +90,11 @@ class Weights:
         return Weights(cat(0, False), cat(2, False), cat(1, True), cat(3, True))
 
 
-def _gemm(a: Matrix, b: Matrix, out: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    cfg = launch_config()
+def _gemm(a: Matrix, b: Matrix, out: torch.Tensor, bias: torch.Tensor | None = None,
+          row_sums: torch.Tensor | None = None) -> torch.Tensor:
+    """out = A @ B (+ bias) at the family's precision; row_sums (M,) receives A's row sums too."""
     precision = policy.recurrent_precision(out.dtype, out.device)
-    return gemm(a, b, out, bias, precision, cfg.gemm_block, cfg.gemm_warps)
+    return gemm(a, b, out, bias, precision, row_sums=row_sums)
 
 
 def _layer_forward(
@@ -199,13 +200,17 @@ def _layer_backward(
         dy = torch.zeros_like(y)
     dgx, dgh, dh0, dc0 = _gate_grads(dy, dh_n, dc_n, w.w_hh, (y, gates, cells, h0, c0), cell)
     ndir, gate_rows, _ = w.w_hh.shape
-    colsum_block = launch_config().colsum_block
     dx = dw_ih = db_ih = db_hh = None
     dw_hh: list[torch.Tensor] | None = None
     if needs[0]:
         dx = _gemm(Matrix(dgx, (0, 1), (2,)), Matrix(w.w_ih, (0,), (1,)), config.new_empty(x.shape, x))
-    if needs[3]:
-        dw_ih = _gemm(Matrix(dgx, (2,), (0, 1)), Matrix(x, (0, 1), (2,)), config.new_empty(w.w_ih.shape, x))
+    if needs[5]:
+        db_ih = config.new_empty((w.w_ih.shape[0],), x)
+    if needs[3]:  # dW_ih = dgx^T x, with db_ih (dgx's column sums) from the same launch
+        dw_ih = _gemm(Matrix(dgx, (2,), (0, 1)), Matrix(x, (0, 1), (2,)), config.new_empty(w.w_ih.shape, x),
+                      row_sums=db_ih)
+    elif db_ih is not None:
+        db_ih = colsum(dgx)
     if needs[4]:
         dw_hh = []
         for d in range(ndir):
@@ -213,10 +218,8 @@ def _layer_backward(
             dg = dgh[:, paired, d * gate_rows:(d + 1) * gate_rows]
             dw_hh.append(_gemm(Matrix(dg, (2,), (0, 1)), Matrix(states, (0, 1), (2,)),
                                config.new_empty(w.w_hh.shape[1:], x)))
-    if needs[5]:
-        db_ih = colsum(dgx, colsum_block)
-    if needs[6]:
-        db_hh = colsum(dgh, colsum_block)
+    if needs[6]:  # the same sums unless the gru's n gate splits the two sides
+        db_hh = db_ih.clone() if dgh is dgx and db_ih is not None else colsum(dgh)
     return dx, dh0 if needs[1] else None, dc0 if needs[2] else None, dw_ih, dw_hh, db_ih, db_hh
 
 

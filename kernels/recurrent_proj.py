@@ -24,10 +24,8 @@ from netc.kernels.recurrent_layer import RecurrentLayer
 
 
 def _matmul(a: Matrix, b: Matrix, shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-    cfg = policy.recurrent_config()
     out = config.new_empty(shape, like)
-    return gemm(a, b, out, None, policy.recurrent_precision(like.dtype, like.device), cfg.gemm_block,
-                cfg.gemm_warps)
+    return gemm(a, b, out, None, policy.recurrent_precision(like.dtype, like.device))
 
 
 class _Project(torch.autograd.Function):

@@ -182,8 +182,7 @@ def _forward_one(
     for t in range(steps):
         # at t = 0 without h0, h_{-1} = 0: a K = 0 product leaves just b_hh
         h_prev, w = (y[:, t - 1], w_hh) if t else (h0, w_hh) if h0 is not None else (y[:, 0, :0], w_hh[:, :0])
-        gemm(Matrix(h_prev, (0,), (1,)), Matrix(w, (1,), (0,)), hg, b_hh, precision, cfg.gemm_block,
-             cfg.gemm_warps)
+        gemm(Matrix(h_prev, (0,), (1,)), Matrix(w, (1,), (0,)), hg, b_hh, precision)
         _step_fwd_kernel[grid](xg, hg, y, gates, cells, c_n, h0 if h0 is not None else hg,
                                c0 if c0 is not None else hg, t, batch, steps, hidden,
                                CELL=cell, G=gate_rows // hidden, HAS_H0=h0 is not None, BLOCK_N=block_n,
@@ -238,8 +237,7 @@ def _backward_one(
             num_warps=cfg.step_warps,
         )
         if t > 0 or has_h0:
-            gemm(Matrix(dgh[:, t], (0,), (1,)), Matrix(w_hh, (0,), (1,)), dh_next, None, precision,
-                 cfg.gemm_block, cfg.gemm_warps)
+            gemm(Matrix(dgh[:, t], (0,), (1,)), Matrix(w_hh, (0,), (1,)), dh_next, None, precision)
     if has_h0:
         dh0.copy_(dh_next + direct if cell == GRU.value else dh_next)
         if cell == LSTM.value:

@@ -179,14 +179,6 @@ def test_batch_split_over_programs(kind: str, device: str, monkeypatch: pytest.M
     assert forward.grids == backward.grids == [(2, 1)]  # the persistent kernels ran, over two programs
 
 
-@pytest.mark.parametrize("kind", ["rnn_tanh", "lstm", "gru"])
-def test_bias_gradients_over_several_blocks(kind: str, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """16 x 16 column-sum blocks: the bias gradients sum 35 rows (N*T) in three steps over two or
-    more column programs; at the interpreter's 256-row blocks every other case takes one step."""
-    _small_blocks(monkeypatch, colsum_block=(16, 16))
-    _compare(kind, (5, 7, 3, 6), 2, True, "sequence", device)
-
-
 def _gradcheck(kind: str, shape: tuple[int, int, int, int], layers: int, device: str, fast: bool) -> bool:
     batch, steps, features, hidden = shape
     module = _reference(kind, features, hidden, layers, True, device)

@@ -107,9 +107,10 @@ CASES = [
     Case("gru", None, 3, 5, 6, layers=2, bidirectional=True, with_hx=True, bias=False),
     Case("gru", 1, 7, 3, 5, layers=1, with_hx=True),
 ]
-PROJ_CASES = [
-    Case("lstm", 2, 3, 4, 5, layers=2, bidirectional=True, with_hx=True, proj=3),
-    Case("lstm", None, 4, 3, 6, layers=1, proj=2, bias=False),
+PROJ_CASES = [  # step by step: the slowest in the interpreter
+    pytest.param(Case("lstm", 2, 3, 4, 5, layers=2, bidirectional=True, with_hx=True, proj=3),
+                 marks=pytest.mark.slow),
+    Case("lstm", None, 3, 3, 4, layers=1, proj=2, bias=False),
 ]
 
 
@@ -136,7 +137,8 @@ def test_column_blocks_and_k_chunks(kind: str, device: str, monkeypatch: pytest.
     _compare(Case(kind, 3, 4, 5, 21, layers=1, bidirectional=True, with_hx=True), device)
 
 
-@pytest.mark.parametrize("kind", ["rnn_relu", "lstm", "gru"])
+@pytest.mark.parametrize("kind", [pytest.param("rnn_relu", marks=pytest.mark.slow),
+                                  pytest.param("lstm", marks=pytest.mark.slow), "gru"])
 def test_per_step_fallback_bidirectional(kind: str, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Above max_hidden, each direction runs per step (the reverse one flipped); hx and dh_n included."""
     _small_tiles(monkeypatch, max_hidden=4, step_block=(4, 16))
