@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -100,11 +101,62 @@ def shutdown() -> None:
 
 
 def wrap(net: nn.Module, device: torch.device) -> nn.Module:
-    """The DDP module that runs the forward and averages gradients; `net` keeps its own names."""
+    """The DDP module that runs the forward and averages gradients; `net` keeps its own names.
+
+    Every batchnorm layer is switched to statistics over the whole global batch (as
+    SyncBatchNorm), so N processes normalize as one does.
+    """
     from torch.nn.parallel import DistributedDataParallel
 
+    from netc.runtime.backends import Backend
+    from netc.runtime.layers import BatchNorm
+
+    for layer in net.modules():
+        if isinstance(layer, BatchNorm):
+            layer.ops = Backend(**{**vars(layer.ops), "batch_norm": _synced(layer.ops.batch_norm)})
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(net, device_ids=ids)
+
+
+def _synced(local_batch_norm: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """F.batch_norm's signature; in training, the statistics of every rank's samples together."""
+
+    def batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                   weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                   training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+        if not training:
+            return local_batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps)
+        return global_batch_norm(x, running_mean, running_var, weight, bias, momentum, eps)
+
+    return batch_norm
+
+
+def global_batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                      weight: torch.Tensor | None, bias: torch.Tensor | None, momentum: float,
+                      eps: float) -> torch.Tensor:
+    """Training-mode batch norm of (N, C, ...) over all ranks' N: two differentiable all-reduces
+    (the sum, then the sum of squared deviations from the global mean: no cancellation)."""
+    from torch.distributed.nn.functional import all_reduce
+
+    dims = [0, *range(2, x.dim())]  # every dimension but the channels
+    shape = [1, x.shape[1]] + [1] * (x.dim() - 2)  # (1, C, 1, ...)
+    local_count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
+    totals = all_reduce(torch.cat([x.sum(dims), local_count]))
+    count = totals[-1]
+    mean = totals[:-1] / count  # (C,)
+    centred = x - mean.reshape(shape)
+    var = all_reduce(centred.square().sum(dims)) / count  # biased: what normalizes
+    out = centred * torch.rsqrt(var + eps).reshape(shape)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():  # as torch: unbiased variance into the running estimate
+            running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+            unbiased = var.detach() * count / (count - 1).clamp(min=1)
+            running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+    return out
 
 
 def local_share(index: torch.Tensor, world: World) -> tuple[torch.Tensor, float]:

@@ -95,6 +95,44 @@ def test_two_processes_train_like_one_and_resume_across_sizes(digits: Path, trai
     assert_same_weights(trained, one)
 
 
+def test_global_batch_norm_is_torchs_batch_norm_on_one_rank(tmp_path: Path) -> None:
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        x = torch.randn(5, 3, 4, 7, dtype=torch.float64, requires_grad=True)
+        weight = torch.randn(3, dtype=torch.float64, requires_grad=True)
+        bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+        stats = [torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5]
+        theirs = [t.clone() for t in stats]
+        out = distributed.global_batch_norm(x, *stats, weight, bias, 0.3, 1e-5)
+        expected = F.batch_norm(x, *theirs, weight, bias, True, 0.3, 1e-5)
+        torch.testing.assert_close(out, expected)
+        for mine, torchs in zip(stats, theirs, strict=True):  # running mean and unbiased running var
+            torch.testing.assert_close(mine, torchs)
+        grad = torch.randn_like(out)
+        got = torch.autograd.grad(out, (x, weight, bias), grad)
+        want = torch.autograd.grad(expected, (x, weight, bias), grad)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_batchnorm_statistics_are_global_across_processes(digits: Path, tmp_path: Path) -> None:
+    net = tmp_path / "bn.net"
+    source = digits.read_text().replace("    relu\n    flatten", "    batchnorm\n    relu\n    flatten")
+    net.write_text(source)
+    assert "batchnorm" in net.read_text()
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert netc("train", str(net), "--out", str(one), "--device", "cpu").returncode == 0
+    double = netc("train", str(net), "--out", str(two), "--nproc", "2", "--device", "cpu")
+    assert double.returncode == 0, double.stderr
+    assert_same_weights(one, two)  # running_mean and running_var included
+
+
 def test_nproc_must_divide_the_batch(digits: Path, tmp_path: Path) -> None:
     result = netc("train", str(digits), "--nproc", "3", "--out", str(tmp_path / "x"), "--device", "cpu")
     assert result.returncode == 1
