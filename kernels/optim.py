@@ -1,8 +1,10 @@
 """Optimizers (SGD, Adam, AdamW): parameters and .grad -> parameters updated in place by one fused kernel.
 
-Parameters, grads and state are views into flat buffers (kernels/flat_optim.py),
-so a step is one kernel launch per parameter group (one in all for the usual
-single group), and state_dict()/load_state_dict() keep torch.optim's format.
+Parameters and state are views into flat buffers and each .grad is read where
+autograd left it (kernels/flat_optim.py), so a step is one kernel launch per
+parameter group of up to 8 parameters (one in all for the usual single group),
+with nothing else: no gradient copy, no zeroing, no step-count add; and
+state_dict()/load_state_dict() keep torch.optim's format.
 
 Hyperparameters are read from `param_groups` at every step (a scheduler's lr
 takes effect) and passed as kernel scalars: each as a float32 (hi, lo) pair
@@ -10,9 +12,12 @@ summed in the parameters' dtype (kernel float arguments are float32), so
 float64 keeps ~1e-15 accuracy. A CUDA graph freezes them (runtime/fastpath.py
 re-captures when they change), so what changes per step is read from the
 device: lr from a float64 tensor (see FlatOptimizer.push_lr), and Adam's step
-counts are float32 device tensors (state["step"], as torch's capturable Adam)
-advanced by a device add in `step`; the kernel loads t and computes the bias
-corrections 1 - beta^t = 1 - exp(t * log(beta)) in float64 itself. No `tl.dot`.
+counts are float32 device values (state["step"], as torch's capturable Adam:
+views of one vector); the kernel loads t, uses t + 1, computes the bias
+corrections 1 - beta^t = 1 - exp(t * log(beta)) in float64 itself, and its
+last program to finish writes t + 1 back (a ticket counter, _advance_steps).
+With `clip_grad_norm_` pending, the kernels scale the gradient by the global
+clip factor as they load it (flat_optim.clip_scale). No `tl.dot`.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ from netc.runtime import distributed
 from netc.runtime import metrics
 from netc.runtime.augment import augment_batch, step_generator
 from netc.runtime.data import Splits, batches, epoch_order, steps_per_epoch
-from netc.runtime.fastpath import StepSequence, TrainStep, make_train_step
+from netc.runtime.fastpath import TrainStep, make_train_step
+from netc.runtime.sequence import StepSequence
 from netc.runtime.progress import Progress, format_duration
 
 CHECK_EVERY = 100  # steps between reads of the running loss when no bar is drawn
@@ -315,7 +316,7 @@ class Trainer:
             rate = samples / max(self.progress.elapsed(), 1e-9)
             self.tensorboard.step(self.state.step, loss, self.optimizer.param_groups[0]["lr"], rate)
 
-    # ---- CUDA-graph epochs (netc.runtime.fastpath.StepSequence) ----------------------------------
+    # ---- CUDA-graph epochs (netc.runtime.sequence.StepSequence) ----------------------------------
 
     def _graph_chunk(self, epoch: int, order: torch.Tensor, total: torch.Tensor, per_step_lr: bool
                      ) -> tuple[int, int]:

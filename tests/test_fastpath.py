@@ -258,7 +258,7 @@ def test_netc_eager_step_never_syncs_with_the_host(device: str, optimizer: str) 
 
 def test_step_sequence_equals_plain_steps(device: str) -> None:
     """Three steps as one graph on CUDA (eagerly on the CPU), run twice, then with a new lr."""
-    from netc.runtime.fastpath import StepSequence
+    from netc.runtime.sequence import StepSequence
 
     fast, fast_opt, plain, plain_opt = _pair(device, _sgd)
     images = torch.randn(20, 1, 9, 9, device=device)
@@ -458,7 +458,7 @@ def _fake_cuda_graphs(monkeypatch: pytest.MonkeyPatch, trainer: Any, graphs: lis
     """Make `trainer` see a graph-mode step and capture StepSequences with the fake graph, which (unlike
     a CUDA capture) runs the steps: weights and optimizer state are put back after it, as on CUDA. An
     eager run first creates the optimizer's lazy state, as TrainStep's warm-up does before a capture."""
-    from netc.runtime import fastpath
+    from netc.runtime import sequence
 
     def record(body: Callable[[], None]) -> FakeGraph:
         graph = FakeGraph()
@@ -474,7 +474,7 @@ def _fake_cuda_graphs(monkeypatch: pytest.MonkeyPatch, trainer: Any, graphs: lis
         step.mode = "graph"  # its own single steps still run eagerly: it holds no graph
         return step
 
-    monkeypatch.setattr(fastpath, "record_graph", record)
+    monkeypatch.setattr(sequence, "record_graph", record)
     trainer._make_step = graph_mode_step
 
 
