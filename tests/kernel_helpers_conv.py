@@ -135,8 +135,8 @@ EXAMPLE_CONVS = [
 
 
 def compile_for_cuda(capability: int = 90) -> dict[str, tuple[int, int]]:
-    """Compile every conv and pool kernel variant for a CUDA target with the GPU launch configs:
-    name -> (registers, spilled bytes).
+    """Compile every conv and pool kernel variant (and the example nets' cross-entropy) for a CUDA target
+    with the GPU launch configs: name -> (registers, spilled bytes).
 
     Needs no GPU (Triton ships ptxas); catches what the interpreter lets through, such as dot
     sides under 16 or type errors in code paths only a compiler sees. Run with TRITON_INTERPRET=0.
@@ -200,7 +200,26 @@ def compile_for_cuda(capability: int = 90) -> dict[str, tuple[int, int]]:
         for fn, pointers, constexprs in pool_kernels:
             constexprs = dict(constexprs, KH=2, KW=2, BLOCK=block)
             build(f"pool {fn.__name__} {name}", fn, pointers, constexprs, warps)
+    _compile_example_losses(build)
     return results
+
+
+def _compile_example_losses(build: Callable[..., None]) -> None:
+    """The cross-entropy of the example nets' training steps: 10 classes, batch 100 or 128 (one program),
+    with and without label smoothing; the forward (loss + gradient) and the scaling backward."""
+    from netc.kernels import loss
+
+    names = ("x_ptr", "w_ptr", "loss_ptr", "lse_ptr", "dx_ptr", "out_ptr", "denom_ptr", "ws_ptr", "g_ptr",
+             "dx_in_ptr", "dt_ptr")
+    pointers = dict({name: "*fp32" for name in names}, t_ptr="*i64", ticket_ptr="*i32")
+    for rows, smoothing in itertools.product((100, 128), (0.0, 0.1)):
+        tiles = policy.loss_tiles(rows, 10)
+        warps = tiles.pop("num_warps")
+        flags = dict(tiles, PROB_TARGET=False, HAS_WEIGHT=False, SMOOTHING=smoothing, S=1, REDUCTION=2)
+        build(f"loss fwd rows={rows} smoothing={smoothing}", loss._cross_entropy_fwd_kernel, pointers,
+              dict(flags, WRITE_GRAD=True, ONE_TILE=True), warps)
+        build(f"loss bwd rows={rows} smoothing={smoothing}", loss._cross_entropy_bwd_kernel, pointers,
+              dict(flags, DIVIDED=True, WANT_DX=True, WANT_DT=False), warps)
 
 
 if __name__ == "__main__":
