@@ -365,7 +365,7 @@ def gemm(
         if row_sums is not None and m:
             raise NotImplementedError("gemm: row_sums with N = 0 (no tile to sum in); use column_sums")
         return out
-    cfg = policy.gemm_config(out.dtype)
+    cfg = policy.gemm_config(out.dtype, m, n)
     block_m, block_n, block_k = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     splits, split_len = _splits(tiles, k, block_k)

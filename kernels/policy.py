@@ -82,6 +82,9 @@ def split_k(output_tiles: int, k_steps: int, min_steps_per_split: int = 4) -> in
 # epilogue spills 944 bytes). The interpreter runs programs one after another and numpy does the
 # dot, so it takes the largest tiles.
 GEMM_GPU = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+# a small output (fewer 64 x 64 tiles than half the SMs, e.g. LeNet's 100 x 50 and 50 x 1440) takes 32 x 32
+# tiles: 4x the CTAs (mma.sync tensor cores under tf32 instead of wgmma, which needs 64 rows)
+GEMM_GPU_SMALL = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
 GEMM_GPU_FLOAT64 = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 8, "num_warps": 4,
                     "num_stages": 3}
 GEMM_INTERPRETER = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4,
@@ -90,13 +93,17 @@ COLUMN_SUMS_GPU = {"BLOCK_R": 64, "BLOCK_C": 64, "num_warps": 4}
 COLUMN_SUMS_INTERPRETER = {"BLOCK_R": 256, "BLOCK_C": 64, "num_warps": 1}
 
 
-def gemm_config(dtype: torch.dtype) -> dict[str, int]:
-    """Tiles (BLOCK_M/N/K >= 16), GROUP_M, warps and stages of kernels/gemm.py's GEMM."""
+def gemm_config(dtype: torch.dtype, m: int = 0, n: int = 0) -> dict[str, int]:
+    """Tiles (BLOCK_M/N/K >= 16), GROUP_M, warps and stages of kernels/gemm.py's GEMM for an (m, n)
+    output (0: unknown, the large tiles)."""
     import torch
 
     if interpreting():
         return dict(GEMM_INTERPRETER)
-    return dict(GEMM_GPU_FLOAT64 if dtype == torch.float64 else GEMM_GPU)
+    if dtype == torch.float64:
+        return dict(GEMM_GPU_FLOAT64)
+    big_tiles = -(-m // GEMM_GPU["BLOCK_M"]) * -(-n // GEMM_GPU["BLOCK_N"])
+    return dict(GEMM_GPU_SMALL if m and n and big_tiles < SM_COUNT // 2 else GEMM_GPU)
 
 
 def column_sums_config(dtype: torch.dtype) -> dict[str, int]:

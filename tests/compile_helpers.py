@@ -97,6 +97,14 @@ def _gemm() -> list[Variant]:
                 consts = {**_GEMM_OFF, **switches, **cfg, "ACC_DTYPE": acc, "PRECISION": precision}
                 out.append(Variant(f"gemm {dt} {label} {precision}", "gemm", "_gemm_kernel", pointers, consts,
                                    warps, stages))
+        if dt == "fp32":  # the 32 x 32 tiles of small outputs
+            small = policy.gemm_config(torch.float32, 1, 1)
+            small_warps, small_stages = small.pop("num_warps"), small.pop("num_stages")
+            for precision in ("ieee", "tf32"):
+                consts = {**_GEMM_OFF, **_GEMM_CASES["split row_sums bias act=1"], **small, "ACC_DTYPE": acc,
+                          "A_ACT": 2, "PRECISION": precision}
+                out.append(Variant(f"gemm {dt} small tiles split a_act row_sums {precision}", "gemm",
+                                   "_gemm_kernel", pointers, consts, small_warps, small_stages))
         # a contiguous forward: x (M, K) and W^T read with unit K strides, C with a unit column stride
         unit = {**_GEMM_OFF, **cfg, "HAS_BIAS": True, "ACT": 1, "ACC_DTYPE": acc, "PRECISION": "ieee",
                 "s_ak": 1, "s_bk": 1, "s_cn": 1}

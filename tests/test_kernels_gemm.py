@@ -32,7 +32,7 @@ NAMES = {code: name for name, code in ACTIVATIONS.items()}
 @pytest.fixture
 def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     """16-wide tiles: odd sizes of a few dozen span several tiles, tile groups and K steps."""
-    monkeypatch.setattr(policy, "gemm_config", lambda dtype: dict(SMALL_TILES))
+    monkeypatch.setattr(policy, "gemm_config", lambda dtype, m=0, n=0: dict(SMALL_TILES))
 
 
 def _act(z: torch.Tensor, code: int, slope: float) -> torch.Tensor:

@@ -161,7 +161,7 @@ def test_bias_gradient_over_several_row_steps(device: str, monkeypatch: pytest.M
     at 16-wide blocks (several steps and programs, partial last ones)."""
     x, w, b = _make((263, 5), 3, device)  # 263 rows > the interpreter's 256 per column-sum step
     _compare(x, w, b)
-    monkeypatch.setattr(policy, "gemm_config", lambda dtype: dict(SMALL_TILES))
+    monkeypatch.setattr(policy, "gemm_config", lambda dtype, m=0, n=0: dict(SMALL_TILES))
     sums = {"BLOCK_R": 16, "BLOCK_C": 16, "num_warps": 1}
     monkeypatch.setattr(policy, "column_sums_config", lambda dtype: dict(sums))
     x, w, b = _make((3, 13, 7), 21, device)  # 39 rows: three K steps; 21 columns: two programs
@@ -181,7 +181,7 @@ def test_grouped_tile_order_over_several_groups(
 ) -> None:
     """16 x 16 x 16 tiles in groups of 2 tile rows: 70 rows make 5 tile rows (3 groups, the last
     one short), 67 columns 5 tile columns; the interpreter's 64-tiles never leave the first group."""
-    monkeypatch.setattr(policy, "gemm_config", lambda dtype: dict(SMALL_TILES))
+    monkeypatch.setattr(policy, "gemm_config", lambda dtype, m=0, n=0: dict(SMALL_TILES))
     x, w, b = _make((70, 37), 67, device)
     _compare(x, w, b, "leaky_relu", 0.2, dtype=dtype, label="linear_act")
 
@@ -190,7 +190,7 @@ def test_grouped_tile_order_over_several_groups(
 def test_split_k_matches_torch(act: str | None, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Split-K forced on (3 splits of 16-deep steps) in every GEMM of the forward and the backward
     (test_kernels_gemm.py covers the split path itself)."""
-    monkeypatch.setattr(policy, "gemm_config", lambda dtype: dict(SMALL_TILES))
+    monkeypatch.setattr(policy, "gemm_config", lambda dtype, m=0, n=0: dict(SMALL_TILES))
     monkeypatch.setattr(policy, "split_k", lambda tiles, steps, min_steps_per_split=4: 3)
     x, w, b = _make((37, 83), 19, device)
     _compare(x, w, b, act, -0.2, label="linear_act" if act else "linear")
