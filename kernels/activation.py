@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import FunctionCtx as Ctx
 
-from netc.kernels import config, policy
+from netc.kernels import config, costs, policy
 
 ACT_NONE, ACT_RELU, ACT_TANH, ACT_SIGMOID, ACT_LEAKY_RELU = 0, 1, 2, 3, 4
 ACT_GELU, ACT_GELU_TANH, ACT_SILU = 5, 6, 7
@@ -176,7 +176,7 @@ def activation_grad(g, saved, ACT: tl.constexpr, SLOPE):
     return g
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.elementwise("n"))
 def _activation_fwd_kernel(
     x_ptr,  # input, contiguous, n elements
     y_ptr,  # output, contiguous, n elements
@@ -191,7 +191,7 @@ def _activation_fwd_kernel(
     tl.store(y_ptr + offsets, apply_activation(x, ACT, SLOPE), mask=mask)
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.elementwise("n"))
 def _activation_bwd_kernel(
     g_ptr,  # dL/dy, contiguous, n elements
     saved_ptr,  # y (relu/tanh/sigmoid) or x (leaky_relu, gelu, silu), contiguous

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from netc.kernels import config, policy
+from netc.kernels import config, costs, policy
 from netc.kernels.activation import (
     ACTIVATIONS,
     activation_grad,
@@ -52,7 +52,7 @@ def _activation_grad(y_ptr, y_off, ok, grad, ACT: tl.constexpr, slope):
     return grad
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.conv2d("fwd"))
 def _conv2d_fwd_kernel(
     x_ptr,  # (N, C, H, W) input, any strides
     w_ptr,  # (OC, CG, KH, KW) weight, any strides
@@ -108,7 +108,7 @@ def _conv2d_fwd_kernel(
     tl.store(y_ptr + y_off, acc, mask=row_ok[:, None] & col_ok[None, :])
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.conv2d("bwd_input"))
 def _conv2d_bwd_input_kernel(
     dy_ptr,  # (N, OC, OH, OW) gradient w.r.t. the output (after the activation), any strides
     y_ptr,  # (N, OC, OH, OW) forward output, contiguous (read only when ACT != 0)

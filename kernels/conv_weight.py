@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from netc.kernels import config, policy
+from netc.kernels import config, costs, policy
 from netc.kernels.activation import activation_grad
 from netc.kernels.conv_geometry import Geometry
 from netc.kernels.gemm import _gather_splits as gather_splits  # split-K: partials, tickets, last CTA
@@ -42,7 +42,7 @@ def mac(acc, a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     return acc
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.conv2d("bwd_weight"))
 def _conv2d_bwd_weight_kernel(
     dy_ptr,  # (N, OC, OH, OW) gradient w.r.t. the output (after the activation), any strides
     y_ptr,  # (N, OC, OH, OW) forward output, contiguous (read only when ACT != 0)

@@ -30,6 +30,7 @@ from torch.autograd.function import FunctionCtx as Ctx
 
 from netc.kernels import config
 from netc.kernels.activation import check_dtype
+from netc.kernels import costs
 
 _SEED_LIMIT = 2**31 - 1  # seeds stay int32-sized: the masks of explicit seeds are unchanged
 
@@ -41,7 +42,7 @@ def launch_config() -> dict[str, int]:
     return {"BLOCK": 1024, "num_warps": 4}
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.elementwise("n"))
 def _dropout_kernel(
     x_ptr,  # input (forward) or dL/dy (backward), contiguous, n elements
     y_ptr,  # output, contiguous, n elements

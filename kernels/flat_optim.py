@@ -41,6 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
+from netc.kernels import costs
+
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 Clip = tuple[torch.Tensor, int, float, float]  # the kernels' (part_ptr, n_parts, max_hi, max_lo)
 SEGMENTS = 8  # gradient pointers per launch (a group with more parameters takes more launches)
@@ -95,7 +97,7 @@ def clip_scale(part_ptr, n_parts, max_hi, max_lo, DTYPE: tl.constexpr, PART_BLOC
     return tl.minimum(max_norm / (norm + 1e-6), 1.0)
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.flat_update(2))
 def _grad_sumsq_kernel(
     g0, g1, g2, g3, g4, g5, g6, g7,  # gradient of each segment (unused ones: any pointer)
     seg_ptr,  # (parameters, 2) int64: each parameter's (flat offset, numel)

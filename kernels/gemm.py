@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from netc.kernels import config, policy
+from netc.kernels import config, costs, policy
 from netc.kernels.activation import (
     ACT_LEAKY_RELU,
     ACT_NONE,
@@ -155,7 +155,7 @@ def _gather_splits(
     return acc, sums, last
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.matmul("M", "N", "K"))
 def _gemm_kernel(
     a_ptr,  # A (M, K): row m at (m // m_inner) * s_am + (m % m_inner) * s_am_in when M_TWO_DIMS
     b_ptr,  # B (K, N): K split as A's when K_TWO_DIMS
@@ -209,7 +209,7 @@ def _gemm_kernel(
                   s_cm, s_cn, s_bias, s_rowsum, ALPHA, HAS_BIAS, ACCUMULATE, STORE_PRE, ACT, SLOPE, ROW_SUMS)
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.rows("R", "C"))
 def _column_sums_kernel(
     x_ptr,  # X (R, C), any strides
     out_ptr,  # (C,) out: the sum over X's rows (added to it when ACCUMULATE)

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from netc.kernels import config, policy
+from netc.kernels import config, costs, policy
 from netc.kernels.norm_common import join_float, last_arrival, rsqrt, split_float, sum_splits, tickets
 
 __all__ = ["layer_norm"]
@@ -38,7 +38,7 @@ def _affine(y, w_ptr, b_ptr, cols, col_ok, HAS_W: tl.constexpr, HAS_B: tl.conste
     return y
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.rows("M", "N", 8))
 def _ln_fwd_kernel(
     x_ptr,  # (M, N) input, unit column stride
     y_ptr,  # (M, N) output, contiguous
@@ -99,7 +99,7 @@ def _ln_tile_grads(dy_row, x_row, w_ptr, mean, rstd, row_ok, cols, HAS_W: tl.con
     return tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0), wdy
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.rows("M", "N", 10))
 def _ln_bwd_kernel(
     dy_ptr, x_ptr,  # (M, N) output gradient and input, unit column strides
     w_ptr,  # (N,) weight (read if HAS_W)
@@ -140,7 +140,7 @@ def _ln_bwd_kernel(
             tl.store(dx_row + cols[None, :], dx, mask=row_ok[:, None] & (cols < N)[None, :])
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.rows("M", "N", 4))
 def _ln_param_grad_kernel(
     dy_ptr, x_ptr,  # (M, N) output gradient and input, unit column strides
     stats_ptr,  # (2, M) mean and rstd from the forward

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import FunctionCtx as Ctx
 
-from netc.kernels import config, policy
+from netc.kernels import config, costs, policy
 from netc.kernels.activation import check_dtype
 from netc.kernels.gemm import _split_buffers as split_buffers  # the split-K workspace and tickets
 
@@ -102,7 +102,7 @@ def _targets(t_ptr, rows, row_mask, ignore_index, PROB_TARGET: tl.constexpr):
     return t_idx, valid
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.rows("R", "C", 4))
 def _cross_entropy_fwd_kernel(
     x_ptr,  # logits (N, C, S), contiguous
     t_ptr,  # targets: int64 (N, S), or probabilities (N, C, S)
@@ -194,7 +194,7 @@ def _reduce_programs(loss_sum, denom_sum, out_ptr, denom_ptr, ws_ptr, ticket_ptr
         tl.store(denom_ptr, denom_sum)
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.rows("R", "C", 3))
 def _cross_entropy_bwd_kernel(
     x_ptr,  # logits (N, C, S), contiguous
     t_ptr,  # targets, as in the forward

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from netc.kernels import config, policy
+from netc.kernels import config, costs, policy
 from netc.kernels.norm_common import (
     combine_moments, join_float, last_arrival, new_like, rsqrt, split_float, sum_splits, tickets,
 )
@@ -48,7 +48,7 @@ def _offsets(rows, cols, S, s_n, s_c, s_s):
     return (n.to(tl.int64) * s_n + s.to(tl.int64) * s_s)[:, None] + cols.to(tl.int64)[None, :] * s_c
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.rows("R", "C", 4))
 def _bn_stats_kernel(
     x_ptr,  # (N, C, S) input, any strides
     part_ptr,  # (2, splits, C) scratch: per-chunk sums and centred sums of squares (accumulation dtype)
@@ -123,7 +123,7 @@ def _channel_scale(invstd, w_ptr, cols, col_ok, HAS_W: tl.constexpr):
     return invstd
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.rows("R", "C", 2))
 def _bn_apply_kernel(
     x_ptr, y_ptr,  # (N, C, S) input and output, any strides
     mean_ptr, spread_ptr,  # (C,) mean and invstd (batch) or running mean and variance (IS_VAR)
@@ -152,7 +152,7 @@ def _bn_apply_kernel(
     tl.store(y_ptr + _offsets(rows, cols, S, t_n, t_c, t_s), y, mask=ok)
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.rows("R", "C", 4))
 def _bn_grad_stats_kernel(
     dy_ptr, x_ptr,  # (N, C, S) output gradient and input, any strides
     mean_ptr, spread_ptr,  # as in _bn_apply_kernel
@@ -202,7 +202,7 @@ def _bn_grad_stats_kernel(
         tl.store(ticket_ptr + block, 0)
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.rows("R", "C", 4))
 def _bn_grad_apply_kernel(
     dy_ptr, x_ptr, dx_ptr,  # (N, C, S) output gradient, input (read if TRAINING), input gradient
     mean_ptr, spread_ptr, w_ptr,  # as in _bn_apply_kernel

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from netc.kernels import config
+from netc.kernels import config, costs
 from netc.kernels.flat_optim import (
     SEGMENTS, Clip, FlatOptimizer, Params, clip_scale, pick_grad, segment_block,
 )
@@ -89,7 +89,7 @@ def _load_grad(g0, g1, g2, g3, g4, g5, g6, g7, local, mask, part_ptr, n_parts, m
     return g
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.flat_update(4))
 def _sgd_kernel(
     p_ptr,  # flat parameters
     g0, g1, g2, g3, g4, g5, g6, g7,  # each segment's gradient, where autograd left it
@@ -154,7 +154,7 @@ def _advance_steps(steps_ptr, seg_base, ticket_ptr, t, SEGS: tl.constexpr):
         tl.store(ticket_ptr, 0)
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.flat_update(12))
 def _adam_kernel(
     p_ptr,  # flat parameters
     g0, g1, g2, g3, g4, g5, g6, g7,  # each segment's gradient, where autograd left it

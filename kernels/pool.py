@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from netc.kernels import config, policy
+from netc.kernels import config, costs, policy
 
 __all__ = ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
 
@@ -29,7 +29,7 @@ def _launch_config(elements: int) -> tuple[int, int]:
     return policy.pool_block(elements)
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.window("total"))
 def _max_pool2d_fwd_kernel(
     x_ptr,  # (N, C, H, W) input, any strides
     y_ptr,  # (N, C, OH, OW) output, contiguous
@@ -65,7 +65,7 @@ def _max_pool2d_fwd_kernel(
         tl.store(idx_ptr + offs, best_idx, mask=ok)
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.elementwise("total"))
 def _max_pool2d_bwd_kernel(
     dy_ptr,  # (N, C, OH, OW) output gradient, any strides
     idx_ptr,  # (N, C, OH, OW) int64 argmax from the forward, contiguous
@@ -122,7 +122,7 @@ def _avg_divisor(
     return tl.where(divisor > 0, divisor, count), nonempty
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.window("total"))
 def _avg_pool2d_fwd_kernel(
     x_ptr,  # (N, C, H, W) input, any strides
     y_ptr,  # (N, C, OH, OW) output, contiguous
@@ -151,7 +151,7 @@ def _avg_pool2d_fwd_kernel(
     tl.store(y_ptr + offs, tl.where(nonempty, acc / div, 0.0), mask=ok)
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.window("total"))
 def _avg_pool2d_bwd_kernel(
     dy_ptr,  # (N, C, OH, OW) output gradient, any strides
     dx_ptr,  # (N, C, H, W) input gradient, contiguous
@@ -371,7 +371,7 @@ def _adaptive_window(o, size, out_size):
     return (o * size) // out_size, ((o + 1) * size + out_size - 1) // out_size
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.elementwise("total", per="window"))
 def _adaptive_avg_pool2d_fwd_kernel(
     x_ptr,  # (N, C, H, W) input, any strides
     y_ptr,  # (N, C, OH, OW) output, contiguous
@@ -401,7 +401,7 @@ def _adaptive_avg_pool2d_fwd_kernel(
     tl.store(y_ptr + offs, tl.sum(acc, axis=1) / ((h1 - h0) * (w1 - w0)), mask=ok)
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.elementwise("total"))
 def _adaptive_avg_pool2d_bwd_kernel(
     dy_ptr,  # (N, C, OH, OW) output gradient, any strides
     dx_ptr,  # (N, C, H, W) input gradient, contiguous

@@ -22,6 +22,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from netc.kernels import costs
+
 # cell kinds, the CELL constexpr of every kernel
 RNN_TANH = tl.constexpr(0)
 RNN_RELU = tl.constexpr(1)
@@ -207,7 +209,7 @@ def _fwd_columns(xg_at, b_d, s_b, w_d, w_gate, s_w0, s_w1, y_rows, gates_at, c_a
     tl.store(y_rows + t * (D * H) + cols[None, :], h, mask=mask)
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.recurrence())
 def seq_fwd_kernel(
     xg_ptr,  # (N, T, D*G*H) contiguous: x @ W_ih^T + b_ih for every step and direction
     w_ptr,  # (D, G*H, H) weight_hh, strides s_wd, s_w0, s_w1
@@ -332,7 +334,7 @@ def _bwd_columns(dy_at, s_dy1, s_dy2, dhn_at, dcn_at, w_d, w_gate, s_w0, s_w1, y
                                                            other=0.0), CELL), mask=mask)
 
 
-@triton.jit
+@triton.jit(launch_metadata=costs.recurrence())
 def seq_bwd_kernel(
     dy_ptr,  # (N, T, D*H) gradient of y, strides s_dy0, s_dy1, s_dy2
     dhn_ptr,  # (D, N, H) contiguous gradient of h_n; read when HAS_DHN

@@ -30,12 +30,13 @@ from netc.kernels.recurrent_cells import (
     store4,
 )
 from netc.kernels.recurrent_gemm import Matrix, gemm
+from netc.kernels import costs
 
 if TYPE_CHECKING:
     from netc.kernels.policy import RecurrentConfig
 
 
-@triton.jit(do_not_specialize=["t"])
+@triton.jit(launch_metadata=costs.cell_step(), do_not_specialize=["t"])
 def _step_fwd_kernel(
     xg_ptr,  # (N, T, G*H) contiguous: x @ W_ih^T + b_ih
     hg_ptr,  # (N, G*H) contiguous: h_{t-1} @ W_hh^T + b_hh
@@ -84,7 +85,7 @@ def _step_fwd_kernel(
     tl.store(y_ptr + seq_at + t * H, h, mask=mask)
 
 
-@triton.jit(do_not_specialize=["t"])
+@triton.jit(launch_metadata=costs.cell_step(), do_not_specialize=["t"])
 def _step_bwd_kernel(
     dy_ptr,  # (N, T, H) gradient of y, strides s_dy0, s_dy1, s_dy2
     dh_next_ptr,  # (N, H) contiguous: dgh_{t+1} @ W_hh; read when t < T-1

@@ -97,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     from netc.runtime.lower import resolve_target
     from netc.runtime.memory import check_fits
 
+    if getattr(args, "static", False):  # nothing runs on a GPU: compile for it and estimate
+        from netc.runtime import static_bench
+
+        return static_bench.run(args)
     known = [contender.name for contender in CONTENDERS]
     unknown = [name for name in args.contenders or [] if name not in known]
     if unknown:

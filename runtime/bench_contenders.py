@@ -156,33 +156,15 @@ def _compiled_step(
 def count_triton_launches(step: Any, images: torch.Tensor, labels: torch.Tensor) -> dict[str, int]:
     """Triton kernel name -> launches in one eager call of `step` (compiled or interpreted).
 
-    Counts `kernel[grid](...)` calls by wrapping `run` of Triton's JIT and
-    interpreter kernel classes for the duration of the call: the launches a
-    step issues from Python, which a CUDA graph would replay as one.
+    The launches a step issues from Python (which a CUDA graph would replay
+    as one), counted by netc's one launch recorder (`runtime.launches`); the
+    kernels still run.
     """
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
+    from netc.runtime.launches import LaunchRecorder
 
-    counts: dict[str, int] = {}
-    originals = {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
-
-    def counting(original: Callable[..., Any]) -> Callable[..., Any]:
-        def run(self: Any, *args: Any, warmup: bool = False, **kwargs: Any) -> Any:
-            if not warmup:
-                name = getattr(self, "__name__", None) or getattr(self.fn, "__name__", "kernel")
-                counts[name] = counts.get(name, 0) + 1
-            return original(self, *args, warmup=warmup, **kwargs)
-
-        return run
-
-    try:
-        for cls, original in originals.items():
-            cls.run = counting(original)  # type: ignore[method-assign]
+    with LaunchRecorder(launch=True) as recorder:
         step(images, labels)
-    finally:
-        for cls, original in originals.items():
-            cls.run = original  # type: ignore[method-assign]
-    return dict(sorted(counts.items()))
+    return recorder.counts()
 
 
 def count_device_ops(step: Any, images: torch.Tensor, labels: torch.Tensor) -> int | None:

@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run only these contenders (netc, netc-nograph, torch-eager, torch-graph, "
                        "torch-compile, torch-compile-ro)")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.add_argument("--static", action="store_true",
+                       help="no GPU needed: compile one training step's kernels for --target and print an "
+                       "estimate per launch (registers, spills, tensor cores, time) and totals")
+    bench.add_argument("--target", default="sm_90", help="GPU architecture for --static (sm_90: H100/H200)")
 
     export = commands.add_parser(
         "export", help="write a trained network as an ONNX model and check it with ONNX Runtime",

@@ -1,100 +1,136 @@
 """Graph -> the kernel plan (`netc compile --emit plan`) and the Triton source it uses (`--emit triton`).
 
 The plan is traced, not re-derived: the network is lowered on the Triton
-backend (fusions applied) and one training step (forward, cross-entropy,
-backward) runs on uninitialised CPU tensors with every `kernel[grid](...)`
-intercepted and recorded instead of launched. So each row shows exactly the
-grid and block sizes the launchers pick, for the target asked for (the GPU
-settings by default; the interpreter picks larger blocks), and a kernel
-renamed or re-tiled in `netc.kernels` shows up here without a change.
+backend (fusions applied) and one training step (zero_grad, forward,
+cross-entropy, backward, gradient clipping if the file asks, the optimizer
+step), as `runtime.fastpath` runs it, goes through on uninitialised CPU
+tensors with every `kernel[grid](...)` recorded instead of launched
+(`runtime.launches.LaunchRecorder`). So each row shows exactly the grid and
+block sizes the launchers pick, for the target asked for (the GPU settings by
+default: launchers and the precision policy answer as on CUDA; the
+interpreter picks larger blocks), and a kernel renamed or re-tiled in
+`netc.kernels` shows up here without a change. FLOPs and bytes per launch
+are the kernel's own `launch_metadata` (`netc.kernels.costs`). The same
+trace counts the PyTorch operators of the step that would launch GPU work
+(`runtime.launches.DeviceOpCounter`); `netc bench --static` reports both.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
+import os
+import pkgutil
 import re
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from netc.dsl.ir import Graph, Node
+from netc.runtime.launches import DeviceOp, DeviceOpCounter, LaunchRecorder
+from netc.runtime.launches import Launch as Record
 from netc.runtime.lower import Network, find_fusions, walk
 
 TARGETS = ("gpu", "interpreter")
+PHASES = ("forward", "backward", "optimizer")
 
 
 @dataclass(frozen=True)
 class Launch:
-    """One recorded kernel launch."""
+    """One recorded kernel launch, as the plan shows it."""
 
-    layer: str  # node name ("0", "3.1"), or "loss"
-    phase: str  # "forward" or "backward"
+    layer: str  # node name ("0", "3.1"), "loss", "clip" or "optimizer"
+    phase: str  # "forward", "backward" or "optimizer"
     kernel: str  # the @triton.jit function's name
     module: str  # the Python module that defines it
     grid: tuple[int, ...]
     blocks: dict[str, int]  # BLOCK_* / GROUP_* constexprs, num_warps, num_stages
-    bytes: int  # distinct tensor arguments' sizes: the launch's compulsory memory traffic
-    flops: int  # see launch_flops
+    bytes: int | None  # the kernel's launch_metadata; None: the kernel declares none
+    flops: int | None
+    record: Record = field(compare=False, repr=False)  # every argument, for `netc bench --static`
 
 
-class _Recorder:
-    """Replaces `kernel[grid](...)` by a record; keeps the layer and phase the launch belongs to."""
+@dataclass
+class StepTrace:
+    """What one training step launches: Triton kernels, and the other GPU operations (PyTorch's)."""
 
-    def __init__(self) -> None:
-        self.layer = "input"
-        self.phase = "forward"
-        self.launches: list[Launch] = []
-        self.kernels: dict[str, Any] = {}  # "module.name" -> the jit object, in first-launch order
+    batch: int
+    launches: list[Launch]
+    kernels: dict[str, Any]  # "module.name" -> jit object, in first-launch order
+    device_ops: list[DeviceOp]  # PyTorch operators that would launch GPU work, in order
 
-    def record(self, kernel: Any, grid: Any, args: tuple, kwargs: dict[str, Any]) -> None:
-        fn = kernel.fn
-        options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages") if key in kwargs}
-        bound = inspect.signature(fn).bind_partial(*args, **kwargs).arguments
-        grid = tuple(grid(bound) if callable(grid) else grid)
-        blocks = {k: v for k, v in bound.items() if re.match(r"(BLOCK|GROUP)", k) and isinstance(v, int)}
-        blocks.update(options)
-        self.kernels.setdefault(_qualified(kernel), kernel)
-        self.launches.append(Launch(self.layer, self.phase, fn.__name__, fn.__module__, grid, blocks,
-                                    launch_bytes(bound), launch_flops(fn.__name__, bound, grid)))
+
+def _plan_launch(record: Record) -> Launch:
+    blocks = {k: v for k, v in record.args.items() if re.match(r"(BLOCK|GROUP)", k) and isinstance(v, int)}
+    blocks.update(record.options)
+    layer, phase = record.tag
+    return Launch(layer, phase, record.kernel, record.module, record.grid, blocks, record.bytes, record.flops,
+                  record)
+
+
+def _import_all_kernels() -> None:
+    """Import every kernel module now: one imported while the target is switched would bind wrongly."""
+    import netc.kernels
+
+    for info in pkgutil.iter_modules(netc.kernels.__path__):
+        importlib.import_module(f"netc.kernels.{info.name}")
 
 
 @contextlib.contextmanager
-def _intercept(recorder: _Recorder, kernel_types: set[type], target: str) -> Iterator[None]:
-    """Route every launch of these jit classes to the recorder; launchers see the target's settings."""
+def _launch_settings(target: str) -> Iterator[None]:
+    """Launchers and the precision policy answer as on `target`; kernel outputs are not poisoned.
+
+    `netc.kernels.config.interpreting()` reads TRITON_INTERPRET, so setting it
+    switches every launcher's settings (kernels are already bound: nothing
+    re-binds); `policy.dot_precision` is told the device is CUDA for "gpu".
+    """
+    _import_all_kernels()
     from netc.kernels import config
 
-    saved = {cls: cls.__dict__.get("__getitem__") for cls in kernel_types}
-    saved_interpreting = config.interpreting
-
-    def getitem(self: Any, grid: Any) -> Any:
-        return lambda *args, **kwargs: recorder.record(self, grid, args, dict(kwargs))
-
+    saved_env, saved_poison = os.environ.get("TRITON_INTERPRET"), config.POISON_OUTPUTS
+    patched = _patch_dot_precision(target == "gpu")
+    os.environ["TRITON_INTERPRET"] = "1" if target == "interpreter" else "0"
+    config.POISON_OUTPUTS = False  # a poisoning fill is a test artefact, not a step's GPU operation
     try:
-        for cls in kernel_types:
-            cls.__getitem__ = getitem  # type: ignore[method-assign]
-        config.interpreting = lambda: target == "interpreter"  # type: ignore[assignment]
         yield
     finally:
-        config.interpreting = saved_interpreting  # type: ignore[assignment]
-        for cls, original in saved.items():
-            if original is None:
-                del cls.__getitem__
-            else:
-                cls.__getitem__ = original  # type: ignore[method-assign]
+        config.POISON_OUTPUTS = saved_poison
+        if saved_env is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved_env
+        for module, name, original in patched:
+            setattr(module, name, original)
 
 
-def _jit_types() -> set[type]:
-    """The classes of the @triton.jit objects in the kernel families (JITFunction, or the interpreter's)."""
-    import netc.kernels
+def _patch_dot_precision(as_cuda: bool) -> list[tuple[Any, str, Any]]:
+    """Wrap `policy.dot_precision` (and every kernel module's imported copy) to see a CUDA device."""
+    import sys
 
-    types = set()
-    for module in netc.kernels.family_modules():
-        types |= {type(value) for value in vars(module).values() if is_jit(value)}
-    return types
+    try:
+        policy = importlib.import_module("netc.kernels.policy")
+    except ImportError:
+        return []
+    original = getattr(policy, "dot_precision", None)
+    if original is None or not as_cuda:
+        return []
+
+    def on_cuda(kind: str, dtype: torch.dtype, device: Any = None, *args: Any, **kwargs: Any) -> Any:
+        return original(kind, dtype, torch.device("cuda"), *args, **kwargs)
+
+    patched = []
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("netc.kernels") or module is None:
+            continue
+        for attribute, value in list(vars(module).items()):
+            if value is original:
+                patched.append((module, attribute, original))
+                setattr(module, attribute, on_cuda)
+    return patched
 
 
 def is_jit(value: Any) -> bool:
@@ -102,112 +138,104 @@ def is_jit(value: Any) -> bool:
     return inspect.isfunction(getattr(value, "fn", None)) and hasattr(type(value), "__getitem__")
 
 
-def _attach_layer_hooks(network: Network, recorder: _Recorder) -> list[Any]:
-    """Forward pre-hooks and backward pre-hooks that tell the recorder which layer is running."""
+class _Tagger:
+    """Tells the launch recorder and the operator counter which layer and phase run now."""
+
+    def __init__(self, recorder: LaunchRecorder, counter: DeviceOpCounter) -> None:
+        self.recorder, self.counter = recorder, counter
+
+    def __call__(self, layer: str, phase: str) -> None:
+        self.recorder.tag = self.counter.tag = (layer, phase)
+
+
+def _attach_layer_hooks(network: torch.nn.Module, tag: Callable[[str, str], None]) -> list[Any]:
+    """Forward pre-hooks and backward pre-hooks that say which layer is running."""
     handles = []
     for name, module in network.named_modules():
         if not name:
             continue
 
         def forward_pre(_module: Any, _inputs: Any, _name: str = name) -> None:
-            recorder.layer, recorder.phase = _name, "forward"
+            tag(_name, "forward")
 
         def backward_pre(_module: Any, _grads: Any, _name: str = name) -> None:
-            recorder.layer, recorder.phase = _name, "backward"
+            tag(_name, "backward")
 
         handles.append(module.register_forward_pre_hook(forward_pre))
         handles.append(module.register_full_backward_pre_hook(backward_pre))
     return handles
 
 
-def _training_step(network: Network, graph: Graph, batch: int, recorder: _Recorder) -> None:
-    """Forward, loss and backward on uninitialised inputs (values never matter: nothing runs)."""
-    x = torch.empty(batch, *graph.input_shape)
-    out = network.train()(x)
-    recorder.layer = "loss"
+def training_step(network: Network, optimizer: torch.optim.Optimizer, graph: Graph,
+                  batch: tuple[torch.Tensor, torch.Tensor], tag: Callable[[str, str], None]) -> None:
+    """One step as runtime.fastpath's eager step runs it, on a batch (x, y) already in place."""
+    x, y = batch
+    tag("optimizer", "optimizer")
+    optimizer.zero_grad(set_to_none=True)
+    tag("input", "forward")
+    out = network(x)
+    tag("loss", "forward")
     if len(graph.output_shape) == 1:
-        loss = network.loss(out, torch.zeros(batch, dtype=torch.long), graph.train.label_smoothing)
+        loss = network.loss(out, y, graph.train.label_smoothing)
     else:  # no classifier head: a plain sum stands in for the loss
         loss = out.sum()
-    recorder.phase = "backward"
+    tag("loss", "backward")
     with warnings.catch_warnings():  # hooks on layers whose input needs no gradient (the first)
         warnings.simplefilter("ignore", UserWarning)
         loss.backward()
+    if graph.train.clip is not None:
+        tag("clip", "optimizer")
+        torch.nn.utils.clip_grad_norm_(network.parameters(), graph.train.clip)
+    tag("optimizer", "optimizer")
+    optimizer.step()
+
+
+def build(graph: Graph, backend: str) -> tuple[Network, torch.optim.Optimizer]:
+    """The network (fusions applied on Triton) and the file's optimizer for `backend`, on the CPU."""
+    from netc.runtime.train import make_optimizer
+
+    network = Network(graph, backend, torch.device("cpu"))  # on Triton, with the fusion pass applied
+    if backend == "triton":
+        return network.train(), make_optimizer(network.parameters(), graph.train.optimizer, "triton")
+    config = graph.train.optimizer
+    try:  # torch.optim's fused kernels: what the eager contender of `netc bench` runs on CUDA
+        return network.train(), make_optimizer(network.parameters(), config, "torch", fused=True)
+    except (RuntimeError, ValueError):
+        return network.train(), make_optimizer(network.parameters(), config, "torch")
+
+
+def trace_step(
+    graph: Graph, batch: int | None = None, target: str = "gpu", backend: str = "triton"
+) -> StepTrace:
+    """Every Triton launch and PyTorch GPU operation of one steady-state training step at `batch`.
+
+    A first step (not recorded) creates the optimizer's state, so the step
+    recorded is what every later step of an epoch launches.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    batch = batch or graph.train.batch
+    recorder, counter = LaunchRecorder(launch=False), DeviceOpCounter()
+    tag = _Tagger(recorder, counter)
+    inputs = torch.zeros(batch, *graph.input_shape), torch.zeros(batch, dtype=torch.long)  # values: any
+    with torch.random.fork_rng(devices=[]), _launch_settings(target):  # building the net draws weights
+        network, optimizer = build(graph, backend)
+        handles = _attach_layer_hooks(network, tag)
+        try:
+            with LaunchRecorder(launch=False):  # the first step: optimizer state appears
+                training_step(network, optimizer, graph, inputs, tag)
+            with recorder, counter:
+                training_step(network, optimizer, graph, inputs, tag)
+        finally:
+            for handle in handles:
+                handle.remove()
+    return StepTrace(batch, [_plan_launch(r) for r in recorder.launches], recorder.kernels, counter.ops)
 
 
 def trace(graph: Graph, batch: int | None = None, target: str = "gpu") -> tuple[list[Launch], dict[str, Any]]:
     """Every launch of one training step at `batch` (default: the train block's), and the kernels used."""
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-    batch = batch or graph.train.batch
-    recorder = _Recorder()
-    with torch.random.fork_rng(devices=[]):  # building the net draws weights: leave the caller's RNG alone
-        network = Network(graph, "triton", torch.device("cpu"))  # never launched: no device needed
-        handles = _attach_layer_hooks(network, recorder)
-        try:
-            with _intercept(recorder, _jit_types(), target):
-                _training_step(network, graph, batch, recorder)
-        finally:
-            for handle in handles:
-                handle.remove()
-    return recorder.launches, recorder.kernels
-
-
-# ---- cost of one launch ----------------------------------------------------------------------
-# Bytes: every distinct tensor argument counted once at its view's size, the
-# compulsory traffic of the launch (a launcher passing the output again as an
-# unused stand-in for a missing bias is counted once). FLOPs: a multiply-add
-# counts 2, as the IR counts them. GEMM-shaped kernels are recognised by
-# their arguments (M, N, K; the convolution's implicit-GEMM sizes; the
-# recurrent sequence kernels' N, T, H, G); anything else counts one FLOP per
-# element of its largest tensor (elementwise, pooling without a window, row
-# reductions), which is the right order of magnitude for memory-bound work.
-
-
-def launch_bytes(bound: Mapping[str, Any]) -> int:
-    """Size in bytes of the distinct tensor views passed to one launch."""
-    seen: set[tuple[int, tuple[int, ...], tuple[int, ...]]] = set()
-    total = 0
-    for value in bound.values():
-        if not isinstance(value, torch.Tensor):
-            continue
-        key = (value.data_ptr(), tuple(value.shape), tuple(value.stride()))
-        if key in seen:
-            continue
-        seen.add(key)
-        total += value.numel() * value.element_size()
-    return total
-
-
-def _largest_tensor(bound: Mapping[str, Any]) -> int:
-    sizes = [value.numel() for value in bound.values() if isinstance(value, torch.Tensor)]
-    return max(sizes, default=0)
-
-
-def _conv_flops(kind: str, a: Mapping[str, Any], groups: int) -> int:
-    """2 * (output pixels) * (output channels) * (input channels per group) * kernel area."""
-    per_output = 2 * a["OCG"] * a["CG"] * a["KH"] * a["KW"] * groups
-    if kind == "fwd":  # M = N * OH * OW output pixels
-        return a["M"] * per_output
-    if kind == "bwd_input":  # M = N * H * W input pixels; the useful work is the forward's
-        images = a["M"] // max(a["H"] * a["W"], 1)
-        return images * a["OH"] * a["OW"] * per_output
-    return a["K"] * per_output  # bwd_weight: K = N * OH * OW, the reduction length
-
-
-def launch_flops(kernel: str, bound: Mapping[str, Any], grid: tuple[int, ...]) -> int:
-    """FLOPs of one launch of `kernel` with these bound arguments (see the module docstring)."""
-    for kind in ("bwd_input", "bwd_weight", "fwd"):
-        if kernel.startswith("_conv2d_") and kernel.endswith(f"_{kind}_kernel") and "OCG" in bound:
-            return _conv_flops(kind, bound, grid[2] if len(grid) > 2 else 1)
-    if all(isinstance(bound.get(dim), int) for dim in ("M", "N", "K")):
-        return 2 * bound["M"] * bound["N"] * bound["K"]
-    if all(isinstance(bound.get(dim), int) for dim in ("N", "T", "H", "G")):
-        # the recurrent matmul h_{t-1} @ W_hh^T (G gates) for every step and row; cell math not counted
-        return 2 * bound["N"] * bound["T"] * bound["H"] * bound["G"] * bound["H"]
-    if all(isinstance(bound.get(dim), int) for dim in ("total", "KH", "KW")) and "fwd" in kernel:
-        return bound["total"] * bound["KH"] * bound["KW"]  # a pooling window per output element
-    return _largest_tensor(bound)
+    step = trace_step(graph, batch, target)
+    return step.launches, step.kernels
 
 
 def _human(value: float, unit: str) -> str:
@@ -227,9 +255,8 @@ def _layer_heading(node: Node, fused_into: dict[str, str], fused_with: dict[str,
         return text + f"\n    fused into layer {fused_into[node.name]}'s epilogue: no launch of its own"
     if node.op == "flatten":
         return text + "\n    a view: no launch"
-    if node.op in ("add", "concat"):  # a residual's or parallel's merge
-        merge = "x + body(x): the add" if node.attrs["block"] == "residual" else f"the branches' {node.op}"
-        return text + f"\n    {merge} is one PyTorch op (no Triton kernel)"
+    if node.op == "residual":
+        return text + "\n    x + body(x): the add is one PyTorch elementwise op (no Triton kernel)"
     if node.op == "dropout":
         return text + "\n    identity in eval mode; the training launches follow"
     return text
@@ -238,9 +265,12 @@ def _layer_heading(node: Node, fused_into: dict[str, str], fused_with: dict[str,
 def _launch_line(launch: Launch) -> str:
     blocks = " ".join(f"{k.replace('num_', '')}={v}" for k, v in launch.blocks.items())
     grid = "(" + ", ".join(map(str, launch.grid)) + ")"
-    phase = "fwd" if launch.phase == "forward" else "bwd"
-    return (f"    {phase}  {launch.kernel:<28} grid={grid:<14} {blocks:<52} "
-            f"{_human(launch.bytes, 'B'):>10} {_human(launch.flops, 'FLOP'):>13}")
+    phase = {"forward": "fwd", "backward": "bwd"}.get(launch.phase, "opt")
+    if launch.bytes is None or launch.flops is None:
+        cost = f"{'no launch_metadata':>24}"
+    else:
+        cost = f"{_human(launch.bytes, 'B'):>10} {_human(launch.flops, 'FLOP'):>13}"
+    return f"    {phase}  {launch.kernel:<28} grid={grid:<14} {blocks:<52} {cost}"
 
 
 def format_plan(graph: Graph, batch: int | None = None, target: str = "gpu") -> str:
@@ -262,18 +292,27 @@ def format_plan(graph: Graph, batch: int | None = None, target: str = "gpu") -> 
         lines.append("loss  cross_entropy" + (f" label_smoothing={graph.train.label_smoothing}"
                                               if graph.train.label_smoothing else ""))
         lines.extend(_launch_line(launch) for launch in loss_launches)
+    for layer, title in (("clip", f"gradient clipping (max norm {graph.train.clip})"),
+                         ("optimizer", f"optimizer {graph.train.optimizer.name}")):
+        own = [launch for launch in launches if launch.layer == layer]
+        if own:
+            lines.append(title)
+            lines.extend(_launch_line(launch) for launch in own)
     lines.append(_totals(launches))
     return "\n".join(lines)
 
 
 def _totals(launches: list[Launch]) -> str:
     parts = []
-    for phase in ("forward", "backward"):
+    for phase in PHASES:
         chosen = [launch for launch in launches if launch.phase == phase]
-        parts.append(f"{phase}: {len(chosen)} launches, {_human(sum(x.bytes for x in chosen), 'B')}, "
-                     f"{_human(sum(x.flops for x in chosen), 'FLOP')}")
-    note = ("bytes: each distinct tensor argument once (compulsory traffic; re-reads of tiles not counted); "
-            "FLOPs: a multiply-add is 2, other kernels count 1 per element")
+        parts.append(f"{phase}: {len(chosen)} launches, {_human(sum(x.bytes or 0 for x in chosen), 'B')}, "
+                     f"{_human(sum(x.flops or 0 for x in chosen), 'FLOP')}")
+    missing = sorted({x.kernel for x in launches if x.flops is None})
+    note = ("bytes and FLOPs: each kernel's launch_metadata (netc.kernels.costs: every distinct tensor "
+            "argument once, a multiply-add is 2)")
+    if missing:
+        note += f"; no launch_metadata: {', '.join(missing)}"
     return "total  " + "; ".join(parts) + "\n" + note
 
 
