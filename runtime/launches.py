@@ -16,6 +16,7 @@ below autograd through a TorchDispatchMode, so it works on the CPU too.
 from __future__ import annotations
 
 import inspect
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,35 @@ from torch.utils._python_dispatch import TorchDispatchMode
 _OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 
 
+@dataclass(frozen=True)
+class TensorArg:
+    """What a record keeps of a tensor argument (keeping the tensor would change what autograd does:
+    a gradient still referenced is copied into `.grad` instead of handed over)."""
+
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: Any  # torch.dtype
+    address: int
+    itemsize: int
+
+    @classmethod
+    def of(cls, tensor: Any) -> TensorArg:
+        return cls(tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype, tensor.data_ptr(),
+                   tensor.element_size())
+
+    def data_ptr(self) -> int:
+        return self.address
+
+    def element_size(self) -> int:
+        return self.itemsize
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def stride(self) -> tuple[int, ...]:
+        return self.strides
+
+
 @dataclass
 class Launch:
     """One `kernel[grid](...)` call."""
@@ -33,7 +63,7 @@ class Launch:
     kernel: str  # the @triton.jit function's name
     module: str  # the Python module that defines it
     grid: tuple[int, ...]
-    args: dict[str, Any]  # every argument by name, defaults applied (tensors as passed)
+    args: dict[str, Any]  # every argument by name, defaults applied (a tensor as a TensorArg)
     options: dict[str, int]  # num_warps, num_stages, ... as the launcher passed them
     metadata: dict[str, Any] | None  # the kernel's launch_metadata: {"name", "flops", "bytes"}
     tag: tuple[str, str] = ("", "")  # (layer, phase) set by whoever records
@@ -49,6 +79,10 @@ class Launch:
     @property
     def bytes(self) -> int | None:
         return None if self.metadata is None else int(self.metadata.get("bytes", 0))
+
+
+def _is_tensor(value: Any) -> bool:
+    return hasattr(value, "data_ptr") and hasattr(value, "dtype") and hasattr(value, "stride")
 
 
 def metadata_function(jit_function: Any) -> Any:
@@ -119,7 +153,8 @@ class LaunchRecorder:
         shape = tuple(int(size) for size in (grid(arguments) if callable(grid) else grid))
         cost = metadata_function(jit)
         metadata = dict(cost(shape, None, arguments)) if cost is not None else None
-        launch = Launch(fn.__name__, fn.__module__, shape, arguments, options, metadata, self.tag)
+        kept = {key: TensorArg.of(value) if _is_tensor(value) else value for key, value in arguments.items()}
+        launch = Launch(fn.__name__, fn.__module__, shape, kept, options, metadata, self.tag)
         self.kernels.setdefault(launch.qualified, jit)
         self.launches.append(launch)
         return launch

@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from netc.runtime.launches import Launch
+from netc.runtime.launches import Launch, TensorArg
 
 SASS_COUNTED = ("HGMMA", "HMMA", "DMMA", "IMMA", "FFMA", "DFMA", "LDL", "STL", "LDG", "STG", "LDGSTS")
 
@@ -45,6 +45,8 @@ def _dtype_name(value: Any) -> Any:
 
 def _specialize(value: Any, specialize: bool) -> tuple[str, Any]:
     """(type, attribute) as Triton's CUDA launcher specializes one non-constexpr argument."""
+    if isinstance(value, TensorArg):  # a recorded tensor: its dtype and address are all the rule reads
+        return _python_specialize(value, specialize)
     try:
         from triton._C.libtriton import native_specialize_impl
         from triton.backends.nvidia.compiler import CUDABackend
