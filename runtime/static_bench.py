@@ -27,6 +27,7 @@ kernels. An estimate, labelled so everywhere.
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -298,3 +299,31 @@ def run(args: argparse.Namespace) -> int:
     report = static_bench(graph, args.batch, parse_target(args.target))
     print(json.dumps(report.as_json(), indent=2) if args.json else format_report(report))
     return 0
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """A `--json` report -> the Markdown tables of docs/PERFORMANCE.md (per launch, then totals)."""
+    lines = ["| layer | phase | kernel | CTAs | warps | regs | spill B | tensor cores | est. us | bound |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        est = f"{row['est_us']:.1f}" if row["est_us"] is not None else "-"
+        lines.append(f"| {row['layer']} | {row['phase']} | `{row['kernel']}` | {row['ctas']} | "
+                     f"{row['warps']} | {row['regs']} | {row['spill_bytes']} | "
+                     f"{row['tensor_cores'] or '-'} | {est} | {row['bound']} |")
+    totals = report["totals"]
+    others = ", ".join(f"{name} x{count}" if count > 1 else name for name, count in
+                       Counter(op["op"].removeprefix("aten.") for op in report["other_ops"]).most_common())
+    lines += ["", f"Totals (estimate): **{totals['gpu_ops']} GPU operations** per step "
+              f"({totals['triton_launches']} Triton + {totals['other_gpu_ops']} PyTorch: "
+              f"{others or 'none'}), "
+              f"**{totals['est_us_step']:.0f} us** per step estimated, largest spill "
+              f"{totals['max_spill_bytes']} B/thread, tensor cores in {totals['tensor_core_launches']} "
+              f"launches; PyTorch eager: {totals['eager_gpu_ops']} GPU operations."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    with open(sys.argv[1]) as handle:
+        print(markdown(json.load(handle)))
