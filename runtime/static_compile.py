@@ -18,6 +18,7 @@ and the specialization, so a repeat run compiles nothing.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -101,8 +102,8 @@ def specialization(launch: Launch, jit: Any, capability: int) -> dict[str, Any]:
             constexprs[name] = attribute
         elif attribute == "D":
             divisible.append(name)
-    return {"module": launch.module, "kernel": launch.kernel, "signature": signature,
-            "constexprs": constexprs, "divisible": divisible,
+    return {"module": launch.module, "kernel": launch.kernel, "source": source_hash(jit),
+            "signature": signature, "constexprs": constexprs, "divisible": divisible,
             "num_warps": int(launch.options.get("num_warps", 4)),
             "num_stages": int(launch.options.get("num_stages", 3)), "capability": capability}
 
@@ -115,37 +116,40 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NETC_STATIC_CACHE") or Path.home() / ".cache" / "netc" / "static-bench")
 
 
-def _sources_hash() -> str:
-    """Hash of every kernel module's source: a kernel's helpers may live in another family's file."""
-    import netc.kernels
+def _helper_modules(jit: Any, seen: set[str]) -> None:
+    """The modules of `jit` and of every @triton.jit helper its globals reach, into `seen`."""
+    if jit.fn.__module__ in seen:
+        return
+    seen.add(jit.fn.__module__)
+    for value in jit.fn.__globals__.values():
+        if inspect.isfunction(getattr(value, "fn", None)) and hasattr(type(value), "__getitem__"):
+            _helper_modules(value, seen)
 
-    digest = hashlib.sha256()
-    for path in sorted(Path(netc.kernels.__path__[0]).glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
 
-
-def _module_hash(module: str) -> str:
-    """Hash of the file defining `module` (kernels outside netc.kernels, such as the tests' canaries)."""
+def source_hash(jit: Any) -> str:
+    """Hash of the source files a kernel's compile depends on: its module and its jit helpers' modules."""
     import importlib.util
 
-    found = importlib.util.find_spec(module)
-    origin = found.origin if found is not None else None
-    return hashlib.sha256(Path(origin).read_bytes()).hexdigest() if origin else ""
+    modules: set[str] = set()
+    _helper_modules(jit, modules)
+    digest = hashlib.sha256()
+    for module in sorted(modules):
+        found = importlib.util.find_spec(module)
+        if found is not None and found.origin:
+            digest.update(module.encode() + Path(found.origin).read_bytes())
+    return digest.hexdigest()[:24]
 
 
-def cache_key(spec: dict[str, Any], sources: str) -> str:
+def cache_key(spec: dict[str, Any]) -> str:
     import triton
 
-    own = "" if spec["module"].startswith("netc.kernels.") else _module_hash(spec["module"])
-    text = json.dumps(spec, sort_keys=True) + sources + own + triton.__version__
+    text = json.dumps(spec, sort_keys=True) + triton.__version__
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def compile_all(specs: list[dict[str, Any]], timeout_s: int = 1800) -> list[dict[str, Any]]:
     """Resource facts for each spec (see `analyze`), from the cache or compiled in one subprocess."""
-    sources = _sources_hash()
-    keys = [cache_key(spec, sources) for spec in specs]
+    keys = [cache_key(spec) for spec in specs]
     folder = cache_dir()
     results: dict[str, dict[str, Any]] = {}
     for key in set(keys):

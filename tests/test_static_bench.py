@@ -26,7 +26,7 @@ from netc.runtime import cli, gpu_spec
 from netc.runtime.launches import DeviceOpCounter, LaunchRecorder
 from netc.runtime.plan import StepTrace, trace_step
 from netc.runtime.static_bench import Row, estimate, format_report, parse_target, residency, static_bench
-from netc.runtime.static_compile import compile_all, specialization
+from netc.runtime.static_compile import compile_all, source_hash, specialization
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(path.name for path in (ROOT / "examples").glob("*.net"))
@@ -37,11 +37,13 @@ FEW_CTAS, LONG_WORK_US = gpu_spec.SM_COUNT // 2, 5.0  # a kernel with > 5 us of 
 _LOSS_GEMM = "cross-entropy fwd/bwd (232-312/120 B/thread at 255 registers), _linear_gemm_kernel (8-24 B)"
 SPILLS: dict[str, str] = {
     "best.net": _LOSS_GEMM,
+    "birnn.net": f"{_LOSS_GEMM}, persistent seq_fwd_kernel (24 B)",
     "fashion.net": _LOSS_GEMM,
     "gru.net": _LOSS_GEMM,
     "lenet.net": _LOSS_GEMM,
     "lstm.net": f"{_LOSS_GEMM}, persistent seq_fwd_kernel (32 B)",
     "mlp.net": _LOSS_GEMM,
+    "resnet.net": _LOSS_GEMM,
     "rnn.net": f"{_LOSS_GEMM}, persistent seq_fwd_kernel (8 B)",
 }
 # example -> which kernels still run long work on few CTAs
@@ -49,11 +51,13 @@ _RECURRENT = ("persistent seq_fwd/seq_bwd on 8 CTAs, recurrent weight-gradient _
               "_colsum_kernel on 2-8 CTAs (no split-K)")
 UNDERFILLED: dict[str, str] = {
     "best.net": "linear forward on 4 CTAs (~105 us), its weight gradients on 50 (no split-K)",
+    "birnn.net": "persistent seq_fwd/seq_bwd on 16 CTAs, recurrent weight-gradient _gemm_kernel on 4",
     "fashion.net": "linear forward on 4 CTAs (~150 us; no split-K)",
     "gru.net": _RECURRENT,
     "lenet.net": "linear 1440->50 forward on 2 CTAs (~60 us; no split-K)",
     "lstm.net": _RECURRENT,
     "mlp.net": "linear GEMMs on 4-52 CTAs with long reductions (no split-K)",
+    "resnet.net": "batchnorm _bn_grad_stats_kernel on 48 CTAs (~8 us each)",
     "rnn.net": _RECURRENT,
 }
 
@@ -228,7 +232,8 @@ def test_kernels_with_real_work_fill_half_the_gpu(compiled: dict[str, list[Row]]
 def test_compile_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel that spills reads as spilling, and a dot the GPU cannot do as a compile error."""
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the subprocess imports static_canaries
-    base = {"module": "static_canaries", "capability": 90, "num_stages": 3, "num_warps": 1}
+    base = {"module": "static_canaries", "capability": 90, "num_stages": 3, "num_warps": 1,
+            "source": source_hash(canaries.spilling_kernel)}
     spill = dict(base, kernel="spilling_kernel", constexprs={"SIDE": 64}, divisible=["x_ptr", "y_ptr"],
                  signature={"x_ptr": "*fp32", "y_ptr": "*fp32", "SIDE": "constexpr"})
     dot = dict(base, kernel="tiny_dot_kernel", signature={"a_ptr": "*fp32", "c_ptr": "*fp32"}, constexprs={},
