@@ -149,9 +149,12 @@ def _gate_grads(
     dh0 = config.new_empty((ndir, batch, hidden), y)
     dc0 = config.new_empty((ndir, batch, hidden), y) if cell == LSTM.value else dh0
     has_dhn = dh_n is not None or dc_n is not None
-    if has_dhn:
+    if has_dhn:  # a missing one of the pair reads as zeros (only the lstm has c_n)
         dh_n = dh_n.contiguous() if dh_n is not None else torch.zeros_like(dh0)
-        dc_n = dc_n.contiguous() if dc_n is not None else torch.zeros_like(dh0)
+        if cell == LSTM.value:
+            dc_n = dc_n.contiguous() if dc_n is not None else torch.zeros_like(dh0)
+        else:
+            dc_n = dh_n  # never read
     block_n, block_j, block_k, warps = _seq_blocks(cfg, cell, batch, hidden)
 
     def launch() -> None:
@@ -167,8 +170,8 @@ def _gate_grads(
 
     key = ("bwd", cell, y.dtype, block_j, y.device)
     if hidden > cfg.max_hidden or not _try_persistent(key, launch):
-        steps_backward(dy, dh_n if has_dhn else None, dc_n if has_dhn else None, w_hh, saved,
-                       (dgx, dgh, dh0, dc0), cell, cfg)
+        lstm_dc_n = dc_n if has_dhn and cell == LSTM.value else None
+        steps_backward(dy, dh_n if has_dhn else None, lstm_dc_n, w_hh, saved, (dgx, dgh, dh0, dc0), cell, cfg)
     return dgx, dgh, dh0, dc0
 
 
