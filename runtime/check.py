@@ -85,19 +85,16 @@ def full_float32() -> Iterator[None]:
 
 def default_tolerance(device: torch.device) -> tuple[float, str]:
     """The default largest relative error and the precision it assumes, in words."""
-    if device.type == "cuda" and _tf32_enabled():
+    if device.type == "cuda" and _tf32_enabled(device):
         return TOLERANCE_TF32, "float32 with TF32 dots"
     return TOLERANCE_IEEE, "float32 with ieee dots"
 
 
-def _tf32_enabled() -> bool:
-    import importlib
+def _tf32_enabled(device: torch.device) -> bool:
+    """Whether netc's float32 dots run TF32 there (kernels/policy.py follows PyTorch's switches)."""
+    from netc.kernels import policy
 
-    for family in ("conv", "linear", "recurrent"):
-        module = importlib.import_module(f"netc.kernels.{family}")
-        if getattr(module, "ALLOW_TF32", False):
-            return True
-    return False
+    return any(policy.dot_precision(kind, torch.float32, device) == "tf32" for kind in policy.DOT_KINDS)
 
 
 def _forward_backward(
