@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/netc-gpu-check}
 mkdir -p "$OUT"
 BUDGET_S=${BUDGET_S:-420}
-STEPS=${STEPS:-"install check bench_lenet rnn_cudnn bench_rnn tests train_lenet train_rnn"}
+STEPS=${STEPS:-"install check bench_lenet rnn_cudnn bench_rnn tests train_lenet train_rnn static"}
 START=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 LOG="$OUT/steps.log"   # stdout/stderr of the steps without a file of their own
@@ -136,6 +136,16 @@ step train_lenet 75 "$OUT/train.log" "$OUT/train.log" \
   "${NETC[@]}" train examples/lenet.net --epochs 1 --device cuda --out /tmp/netc-runs/lenet
 step train_rnn 75 "$OUT/train.log" "$OUT/train.log" \
   "${NETC[@]}" train examples/rnn.net --epochs 1 --device cuda --out /tmp/netc-runs/rnn
+# --- static: netc's H200 estimate (netc bench --static) next to the measured kernels, launch by launch
+# (runtime/static_bench.py, runtime/static_measure.py; docs/PERFORMANCE.md "Static H200 estimate").
+# Writes static_lenet.json, static_rnn.json (the estimates), static_vs_measured_lenet.txt/.json and
+# static_vs_measured_rnn.txt/.json (estimated vs profiled us per launch). Rerun alone: STEPS='install static'.
+step static 120 "$OUT/static_lenet.json" "$LOG" "${NETC[@]}" bench examples/lenet.net --static --batch 100 --json
+step static 60 "$OUT/static_vs_measured_lenet.txt" "$LOG" python3 -m netc.runtime.static_measure \
+  examples/lenet.net --estimate "$OUT/static_lenet.json" --json "$OUT/static_vs_measured_lenet.json"
+step static 90 "$OUT/static_rnn.json" "$LOG" "${NETC[@]}" bench examples/rnn.net --static --batch 100 --json
+step static 60 "$OUT/static_vs_measured_rnn.txt" "$LOG" python3 -m netc.runtime.static_measure \
+  examples/rnn.net --estimate "$OUT/static_rnn.json" --json "$OUT/static_vs_measured_rnn.json"
 # the tables and goal checks for docs/PERFORMANCE.md, from whatever JSON the steps left
 python3 bench/summarize.py "$OUT/bench_lenet.json" "$OUT/bench_rnn.json" "$OUT/rnn_cudnn.json" \
   >>"$SUMMARY" 2>&1

@@ -251,3 +251,14 @@ def test_report_names_kernels_without_launch_metadata() -> None:
         report = static_bench(graph, batch=4)
     assert all("no launch_metadata" in row.notes for row in report.rows)
     assert report.totals["no_launch_metadata"] and "no launch_metadata" in format_report(report)
+
+
+def test_measured_kernels_line_up_with_the_estimate_in_launch_order() -> None:
+    from netc.runtime.static_measure import align
+
+    rows = [{"kernel": "_gemm_kernel", "est_us": 4.0}, {"kernel": "_sgd_kernel", "est_us": 2.0},
+            {"kernel": "_gemm_kernel", "est_us": 1.0}]
+    measured = [("_gemm_kernel", 8.0), ("Memset (Device)", 1.0), ("_sgd_kernel", 3.0)]
+    matched = align(rows, measured)
+    assert [row["measured_us"] for row in matched] == [8.0, 3.0, None]  # the copy is skipped; none left
+    assert matched[0]["measured_over_estimate"] == 2.0 and matched[2]["measured_over_estimate"] is None
