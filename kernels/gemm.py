@@ -146,11 +146,18 @@ def _gather_splits(
     if last:  # a fixed order, whichever split came last: the result is deterministic
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc.dtype)
         sums = tl.zeros((BLOCK_M,), dtype=acc.dtype)
-        for s in range(0, splits):
-            acc += tl.load(tile_base + s * (BLOCK_M * BLOCK_N) + tile_offsets, cache_modifier=".cg")
-            if ROW_SUMS:
-                if sums_here:
-                    sums += tl.load(sums_base + s * BLOCK_M + tl.arange(0, BLOCK_M), cache_modifier=".cg")
+        for first in range(0, splits, 4):  # 4 partials in flight per step (one L2 latency, not four)
+            for step in tl.static_range(4):
+                s = first + step
+                # s < splits as a tensor: a missing split adds 0.0 and the order stays fixed
+                in_split = s * (BLOCK_M * BLOCK_N) + tile_offsets
+                acc += tl.load(tile_base + in_split, mask=in_split < splits * (BLOCK_M * BLOCK_N), other=0.0,
+                               cache_modifier=".cg")
+                if ROW_SUMS:
+                    if sums_here:
+                        lanes = s * BLOCK_M + tl.arange(0, BLOCK_M)
+                        sums += tl.load(sums_base + lanes, mask=lanes < splits * BLOCK_M, other=0.0,
+                                        cache_modifier=".cg")
         tl.store(ticket_ptr + tile, 0)  # zero for the next launch (and every CUDA-graph replay)
     return acc, sums, last
 
