@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isdir(directory):
         raise DataError(f"cannot write {output}: the directory {directory} does not exist")
     net, _checkpoint, (mean, std) = load_trained(
-        graph, args.checkpoint, "cpu", "torch", advice="export it with the .net file it was trained from")
+        graph, args.checkpoint, "cpu", "torch", "export")
     model = Normalized(net.eval(), mean, std)
     samples = sample_images(graph, EXPORT_CHECK_SAMPLES)
     with torch.no_grad():

@@ -101,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if math.prod(graph.input_shape) != math.prod(SAMPLE_SIZE):
         raise DataError(f"{graph.path}: the net's input {list(graph.input_shape)} does not hold a "
                         f"{SAMPLE_SIZE[0]}x{SAMPLE_SIZE[1]} image")
-    net, _checkpoint, stats = load_trained(graph, args.checkpoint, args.device, args.backend,
-                                           advice="predict with the .net file it was trained from")
+    net, _checkpoint, stats = load_trained(graph, args.checkpoint, args.device, args.backend, "use")
     images: list[np.ndarray] = []
     results: dict[int, Prediction] = {}
     for index, path in enumerate(args.images):

@@ -64,10 +64,15 @@ def run_meta(graph: Graph, config: TrainConfig, net: Any, limit: int | None,
 
 
 def load_trained(graph: Graph, directory: str, device: str, backend: str,
-                 advice: str) -> tuple[Any, ckpt.Checkpoint, tuple[float, float]]:
-    """(network with the checkpoint's weights, the checkpoint, (mean, std) of its input normalization)."""
+                 verb: str) -> tuple[Any, ckpt.Checkpoint, tuple[float, float]]:
+    """(network with the checkpoint's weights, the checkpoint, (mean, std) of its input normalization).
+
+    `verb` ("evaluate", "export", ...) words the advice when the checkpoint is another net's.
+    """
     checkpoint = ckpt.load(directory)
-    ckpt.check_source(checkpoint, graph, graph.path, advice=advice)
+    trained_from = checkpoint.meta.get("net_path", "its meta.json holds the source")
+    ckpt.check_source(checkpoint, graph, graph.path,
+                      advice=f"{verb} it with the .net file it was trained from ({trained_from})")
     net = load_network(graph, device, backend, int(checkpoint.meta.get("seed", graph.train.seed)))
     check_tensors(checkpoint.model, net.state_dict(), f"{directory}/{ckpt.MODEL_FILE}", "weights")  # no casts
     try:
