@@ -81,6 +81,11 @@ class Launch:
         return None if self.metadata is None else int(self.metadata.get("bytes", 0))
 
 
+# launches running right now (with launch=True): the interpreter's own tensor work inside one is not
+# an operation of the code being counted
+_RUNNING = [0]
+
+
 def _is_tensor(value: Any) -> bool:
     return hasattr(value, "data_ptr") and hasattr(value, "dtype") and hasattr(value, "stride")
 
@@ -135,9 +140,13 @@ class LaunchRecorder:
             if warmup:
                 return original(jit, *args, grid=grid, warmup=warmup, **kwargs)
             recorder.record(jit, grid, args, kwargs)
-            if recorder.launch:
+            if not recorder.launch:
+                return None
+            _RUNNING[0] += 1
+            try:
                 return original(jit, *args, grid=grid, warmup=warmup, **kwargs)
-            return None
+            finally:
+                _RUNNING[0] -= 1
 
         return run
 
@@ -170,7 +179,7 @@ _NO_KERNEL = {
     "empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "_unsafe_view", "view",
     "_reshape_alias", "as_strided", "detach", "alias", "lift_fresh", "set_", "resize_", "sym_size",
     "sym_stride", "sym_numel", "sym_storage_offset", "is_same_size", "_has_compatible_shallow_copy_type",
-    "is_pinned", "record_stream", "_version",
+    "is_pinned", "record_stream", "_version", "dim", "size", "stride",
 }
 
 
@@ -189,7 +198,8 @@ class DeviceOpCounter(TorchDispatchMode):
     """`with DeviceOpCounter() as ops:` lists every operator below autograd that would run on the GPU.
 
     Views, allocations and metadata queries are left out: they launch
-    nothing. Each remaining operator counts as one GPU operation (an estimate:
+    nothing; so is the Triton interpreter's own tensor work inside a launch
+    that a LaunchRecorder(launch=True) runs. Each remaining operator counts as one GPU operation (an estimate:
     cuDNN and cuBLAS may launch two or three kernels for one convolution or
     matmul, a multi-tensor `_foreach_` op launches one per chunk of tensors).
     """
@@ -202,7 +212,7 @@ class DeviceOpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         name = func.overloadpacket.__name__
         result = func(*args, **(kwargs or {}))
-        if not (func.is_view or name in _NO_KERNEL or str(func).startswith("profiler.")):
+        if _RUNNING[0] == 0 and not (func.is_view or name in _NO_KERNEL or str(func).startswith("profiler.")):
             sync = name in ("_local_scalar_dense", "item")
             moved = _distinct_bytes([args, kwargs, result])
             self.ops.append(DeviceOp(str(func), self.tag, sync, moved, _site()))

@@ -2,10 +2,11 @@
 
 On a tiny network every GPU operation costs about as much as a kernel:
 PyTorch's fills, adds and copies as much as netc's Triton launches. This
-counts both without a GPU: a TorchDispatchMode sees every aten op the call
-dispatches, and Triton launches are counted by wrapping `run` of Triton's
-JIT and interpreter kernel classes (the interpreter's own tensor traffic
-inside a launch is not an op of the step). Ops that launch nothing on a GPU
+counts both without a GPU, with netc's one launch recorder and operator
+counter (runtime/launches.py): a TorchDispatchMode sees every aten op the
+call dispatches, and Triton launches are recorded by wrapping `run` of
+Triton's JIT and interpreter kernel classes (the interpreter's own tensor
+traffic inside a launch is not an op of the step). Ops that launch nothing on a GPU
 are left out: views and other metadata ops (aliases of their input),
 allocations (`empty`), and `detach`-like no-ops; everything else (a fill,
 an add, a copy, a reduction, a host read) counts as one operation, as the
@@ -22,24 +23,12 @@ training step of a .net file (Triton backend, netc's optimizer, the CPU).
 from __future__ import annotations
 
 import argparse
-import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-
-# aten ops that launch no GPU work: allocations and aliasing no-ops (views are found by schema)
-_NO_KERNEL = frozenset({
-    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "alias",
-    "lift_fresh", "set_", "resize_", "is_same_size", "_has_compatible_shallow_copy_type",
-    "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "dim", "size", "stride", "is_nonzero",
-    "record_stream", "_version",
-    "_record_function_enter", "_record_function_enter_new", "_record_function_exit",  # profiler marks
-})
-
 
 @dataclass
 class OpCount:
@@ -61,66 +50,18 @@ class OpCount:
                 f"{sum(self.aten.values())} others ({names(self.aten)})")
 
 
-def launches_kernel(func: Any) -> bool:
-    """Whether an aten overload would launch GPU work (not a view, allocation or metadata op)."""
-    schema = func._schema
-    name = schema.name.split("::")[-1]
-    if name in _NO_KERNEL:
-        return False
-    if getattr(func, "is_view", False):
-        return False  # the output aliases the input: metadata only
-    return True
-
-
-class _Counter(TorchDispatchMode):
-    def __init__(self, counts: OpCount) -> None:
-        super().__init__()
-        self.counts = counts
-        self.in_launch = False
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        if not self.in_launch and launches_kernel(func):
-            self.counts.aten[func._schema.name.split("::")[-1]] += 1
-        return func(*args, **(kwargs or {}))
-
-
-@contextlib.contextmanager
-def _counting_launches(mode: _Counter) -> Iterator[None]:
-    """Count `kernel[grid](...)` calls (compiled or interpreted); ignore the ops inside them."""
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
-
-    originals = {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
-
-    def counting(original: Callable[..., Any]) -> Callable[..., Any]:
-        def run(self: Any, *args: Any, warmup: bool = False, **kwargs: Any) -> Any:
-            if warmup:
-                return original(self, *args, warmup=warmup, **kwargs)
-            name = getattr(self, "__name__", None) or getattr(self.fn, "__name__", "kernel")
-            mode.counts.triton[name] += 1
-            outer, mode.in_launch = mode.in_launch, True
-            try:
-                return original(self, *args, warmup=warmup, **kwargs)
-            finally:
-                mode.in_launch = outer
-
-        return run
-
-    try:
-        for cls, original in originals.items():
-            cls.run = counting(original)  # type: ignore[method-assign]
-        yield
-    finally:
-        for cls, original in originals.items():
-            cls.run = original  # type: ignore[method-assign]
-
-
 def count_step_ops(call: Callable[[], Any]) -> OpCount:
-    """Run `call()` once and count the GPU operations it launches (see the module docstring)."""
+    """Run `call()` once and count the GPU operations it launches (see the module docstring).
+
+    netc's one launch recorder and operator counter (runtime/launches.py) do the counting.
+    """
+    from netc.runtime.launches import DeviceOpCounter, LaunchRecorder, pytorch_op_name
+
     counts = OpCount()
-    mode = _Counter(counts)
-    with _counting_launches(mode), mode:
+    with LaunchRecorder(launch=True) as launches, DeviceOpCounter() as ops:
         call()
+    counts.triton.update(launch.kernel for launch in launches.launches)
+    counts.aten.update(pytorch_op_name(op) for op in ops.ops)
     return counts
 
 
