@@ -105,7 +105,8 @@ def specialization(launch: Launch, jit: Any, capability: int) -> dict[str, Any]:
     return {"module": launch.module, "kernel": launch.kernel, "source": source_hash(jit),
             "signature": signature, "constexprs": constexprs, "divisible": divisible,
             "num_warps": int(launch.options.get("num_warps", 4)),
-            "num_stages": int(launch.options.get("num_stages", 3)), "capability": capability}
+            "num_stages": int(launch.options.get("num_stages", 3)), "capability": capability,
+            **{key: int(launch.options[key]) for key in ("maxnreg", "num_ctas") if key in launch.options}}
 
 
 # ---- the on-disk cache ---------------------------------------------------------------------------
@@ -205,7 +206,7 @@ def compile_spec(spec: dict[str, Any]) -> dict[str, Any]:
     constexprs = {(names.index(name),): _resolve(value) for name, value in spec["constexprs"].items()}
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in spec["divisible"]}
     source = ASTSource(fn=fn, signature=dict(spec["signature"]), constexprs=constexprs, attrs=attrs)
-    options = {"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]}
+    options = {key: spec[key] for key in ("num_warps", "num_stages", "maxnreg", "num_ctas") if key in spec}
     try:
         compiled = triton.compile(source, target=GPUTarget("cuda", spec["capability"], 32), options=options)
     except Exception as error:  # reported per kernel: a compile error is a finding, not a crash

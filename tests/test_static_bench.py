@@ -33,12 +33,8 @@ EXAMPLES = sorted(path.name for path in (ROOT / "examples").glob("*.net"))
 LENET_GPU_OPS_BUDGET = 12  # issue 10: at most 12 GPU operations per LeNet step
 FEW_CTAS, LONG_WORK_US = gpu_spec.SM_COUNT // 2, 5.0  # a kernel with > 5 us of work needs >= 66 CTAs
 
-# example -> why its step's kernels spill on sm_90 today (strict xfail: remove when fixed)
-SPILLS: dict[str, str] = {
-    "birnn.net": "the persistent seq_fwd_kernel (24 B/thread)",
-    "lstm.net": "the persistent seq_fwd_kernel (32 B/thread)",
-    "rnn.net": "the persistent seq_fwd_kernel (8 B/thread)",
-}
+# example -> why its step's kernels spill on sm_90 today (strict xfail: remove when fixed); none on main
+SPILLS: dict[str, str] = {}
 # example -> which kernels still run long work on few CTAs
 _RECURRENT = "the persistent seq_fwd/seq_bwd kernels on batch/16 CTAs (~30-150 us each)"
 UNDERFILLED: dict[str, str] = {
