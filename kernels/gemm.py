@@ -1,14 +1,12 @@
 """Strided matrices A (M, K), B (K, N) -> C = act(alpha * A @ B + bias [+ C]): the one GEMM of netc.
 
-Linear layers, the recurrent projections and the weight gradients all run
-`_gemm_kernel`; the conv family shares its activation and precision rules.
-- Operands are read by their strides, so a transpose is a stride swap, never a
-  copy. A `Matrix` also reads a 3-D tensor as a matrix with one side made of two
-  dims ((N, T, F) as (N*T, F), or a shifted view such as y[:, :-1]) without a copy.
+Linear layers, the recurrent projections and the weight gradients all run `_gemm_kernel`.
+- Operands are read by their strides (a transpose is a stride swap). A `Matrix`
+  reads a 3-D tensor as a matrix with one side made of two dims ((N, T, F) as
+  (N*T, F), or a shifted view such as y[:, :-1]) without a copy.
 - Epilogue (compile-time switches): alpha, bias per column, accumulate into C
-  (BLAS beta = 1, added before the activation), the pre-activation stored too
-  (for activations whose derivative needs the input), then an activation of
-  activation.py; every activation there, present or added later, works here.
+  (BLAS beta = 1, before the activation), the pre-activation kept (for gelu and
+  the like), then any activation of activation.py, present or added later.
 - Prologue: A may be multiplied elementwise by act'(saved) on load (an
   activation's backward fused into the GEMMs that consume dL/dz), for the
   activations with a cheap derivative (PROLOGUE_ACTIVATIONS).
@@ -267,9 +265,11 @@ class Matrix:
 
 
 # (device, dtype) -> split-K workspace; device -> ticket counters (int32, zero between launches).
-# Grown, never shrunk, so a training step allocates nothing after its first (eager) run.
+# Grown, never shrunk, so a training step allocates nothing after its first (eager) run; a replaced
+# buffer is kept alive, since a captured CUDA graph may still point at it.
 _WORKSPACES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 _TICKETS: dict[torch.device, torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []
 
 
 def _cached(cache: dict, key: object, numel: int, make: Callable[[int], torch.Tensor]) -> torch.Tensor:
@@ -279,10 +279,12 @@ def _cached(cache: dict, key: object, numel: int, make: Callable[[int], torch.Te
     if buffer is not None and buffer.numel() >= numel:
         return buffer
     capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-    buffer = make(max(numel, 2 * buffer.numel() if buffer is not None else 0))
+    grown = make(max(numel, 2 * buffer.numel() if buffer is not None else 0))
     if not capturing:
-        cache[key] = buffer
-    return buffer
+        if buffer is not None:
+            _RETIRED.append(buffer)
+        cache[key] = grown
+    return grown
 
 
 def _split_buffers(device: torch.device, dtype: torch.dtype, ws_numel: int,
