@@ -28,8 +28,8 @@ import triton.language as tl
 from netc.kernels import config, costs, policy
 from netc.kernels.activation import activation_grad
 from netc.kernels.conv_geometry import Geometry
-from netc.kernels.gemm import _gather_splits as gather_splits  # split-K: partials, tickets, last CTA
-from netc.kernels.gemm import _split_buffers as split_buffers
+from netc.kernels.gemm import gather_splits  # split-K: partials, tickets, last CTA
+from netc.kernels.gemm import split_buffers
 
 
 @triton.jit

@@ -124,7 +124,7 @@ def _epilogue(
 
 
 @triton.jit
-def _gather_splits(
+def gather_splits(
     acc, sums, tile, pid_m, sums_here, split, splits, tiles,  # this CTA's partials and place
     ws_ptr, ticket_ptr,  # workspace (accumulator dtype), per-tile tickets (int32, zero between launches)
     ROW_SUMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -169,7 +169,7 @@ def _gemm_kernel(
     pre_ptr,  # (M, N) pre-activation out, C's strides, written when STORE_PRE
     s_ptr,  # (M, K) saved tensor of the prologue, plain 2-D strides, read when A_ACT != 0
     rowsum_ptr,  # (M,) row sums of A out, written when ROW_SUMS
-    ws_ptr,  # split-K workspace, accumulator dtype (see _gather_splits), used when SPLIT
+    ws_ptr,  # split-K workspace, accumulator dtype (see gather_splits), used when SPLIT
     ticket_ptr,  # (tiles,) int32 split-K ticket counters, zero between launches, used when SPLIT
     M, N, K,  # problem sizes
     m_inner, k_inner,  # inner sizes of two-dim M and K sides
@@ -207,7 +207,7 @@ def _gemm_kernel(
     last = True
     if SPLIT:
         tiles = tl.num_programs(0)
-        acc, sums, last = _gather_splits(acc, sums, tile, pid_m, sums_here, split, splits, tiles, ws_ptr,
+        acc, sums, last = gather_splits(acc, sums, tile, pid_m, sums_here, split, splits, tiles, ws_ptr,
                                          ticket_ptr, ROW_SUMS, BLOCK_M, BLOCK_N)
     if last:
         _epilogue(acc, sums, rows, cols, row_ok, col_ok, sums_here, c_ptr, bias_ptr, pre_ptr, rowsum_ptr,
@@ -287,7 +287,7 @@ def _cached(cache: dict, key: object, numel: int, make: Callable[[int], torch.Te
     return grown
 
 
-def _split_buffers(device: torch.device, dtype: torch.dtype, ws_numel: int,
+def split_buffers(device: torch.device, dtype: torch.dtype, ws_numel: int,
                    tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
     workspace = _cached(_WORKSPACES, (device, dtype), ws_numel,
                         lambda n: torch.empty(n, device=device, dtype=dtype))
@@ -382,7 +382,7 @@ def gemm(
     workspace, tickets = out, out
     if splits > 1:
         ws_numel = tiles * splits * block_m * block_n + triton.cdiv(m, block_m) * splits * block_m
-        workspace, tickets = _split_buffers(out.device, out.dtype, ws_numel, tiles)
+        workspace, tickets = split_buffers(out.device, out.dtype, ws_numel, tiles)
     _, m_inner, s_am, s_am_in, m_two = a.side(a.row_dims)
     k_inner, s_ak, s_ak_in, s_bk, s_bk_in, k_two = _k_strides(a, b)
     saved = a_saved if a_saved is not None else out

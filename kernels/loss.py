@@ -39,7 +39,7 @@ from torch.autograd.function import FunctionCtx as Ctx
 
 from netc.kernels import config, costs, policy
 from netc.kernels.activation import check_dtype
-from netc.kernels.gemm import _split_buffers as split_buffers  # the split-K workspace and tickets
+from netc.kernels.gemm import split_buffers  # the split-K workspace and tickets
 
 _REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 
