@@ -25,12 +25,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from netc.kernels import config, costs
+from netc.kernels.norm_common import join_float, split_float  # float args as float32 (hi, lo)
 from netc.kernels.flat_optim import (
     SEGMENTS, Clip, FlatOptimizer, Params, clip_scale, pick_grad, segment_block,
 )
@@ -52,17 +52,6 @@ def _grid(longest: int, segments: int) -> tuple[tuple[int, int], dict[str, int]]
 def _log_beta(beta: float) -> float:
     """log(beta) for the kernel's beta^t = exp(t * log(beta)); beta = 0 gives exp(-huge) = 0."""
     return math.log(beta) if beta > 0 else -1e30
-
-
-def _split(value: float) -> tuple[float, float]:
-    """A float as float32 (hi, lo) with hi + lo == value to ~48 bits (kernel float args are float32)."""
-    hi = float(np.float32(value))
-    return hi, float(np.float32(value - hi))
-
-
-@triton.jit
-def _scalar(hi, lo, DTYPE: tl.constexpr):
-    return tl.cast(hi, DTYPE) + tl.cast(lo, DTYPE)
 
 
 @triton.jit
@@ -112,14 +101,14 @@ def _sgd_kernel(
     g = _load_grad(g0, g1, g2, g3, g4, g5, g6, g7, local, mask, part_ptr, n_parts, max_hi, max_lo,
                    DTYPE, MAXIMIZE, CLIP, PART_BLOCK)
     if HAS_WD:
-        g = g + _scalar(wd_hi, wd_lo, DTYPE) * p
+        g = g + join_float(wd_hi, wd_lo, DTYPE) * p
     if MOMENTUM:
-        momentum = _scalar(mom_hi, mom_lo, DTYPE)
+        momentum = join_float(mom_hi, mom_lo, DTYPE)
         if FIRST:
             buf = g
         else:
             buf = tl.load(buf_ptr + offsets, mask=mask, other=0.0)
-            buf = buf * momentum + _scalar(keep_hi, keep_lo, DTYPE) * g
+            buf = buf * momentum + join_float(keep_hi, keep_lo, DTYPE) * g
         tl.store(buf_ptr + offsets, buf, mask=mask)
         if NESTEROV:
             g = g + momentum * buf
@@ -134,8 +123,8 @@ def _bias_corrections(t, lr, log_b1_hi, log_b1_lo, log_b2_hi, log_b2_lo):
 
     The cancellation in 1 - exp(x) costs ~1e-13 relative (beta2 = 0.999, t = 1), torch's own rounding.
     """
-    bc1 = 1.0 - tl.exp(t * _scalar(log_b1_hi, log_b1_lo, tl.float64))
-    bc2 = 1.0 - tl.exp(t * _scalar(log_b2_hi, log_b2_lo, tl.float64))
+    bc1 = 1.0 - tl.exp(t * join_float(log_b1_hi, log_b1_lo, tl.float64))
+    bc2 = 1.0 - tl.exp(t * join_float(log_b2_hi, log_b2_lo, tl.float64))
     return lr / bc1, tl.sqrt(bc2)
 
 
@@ -186,19 +175,19 @@ def _adam_kernel(
                    DTYPE, MAXIMIZE, CLIP, PART_BLOCK)
     if HAS_WD:
         if DECOUPLED:
-            p = p * (1.0 - lr * _scalar(wd_hi, wd_lo, tl.float64)).to(DTYPE)  # torch's double, rounded
+            p = p * (1.0 - lr * join_float(wd_hi, wd_lo, tl.float64)).to(DTYPE)  # torch's double, rounded
         else:
-            g = g + _scalar(wd_hi, wd_lo, DTYPE) * p
+            g = g + join_float(wd_hi, wd_lo, DTYPE) * p
     m = tl.load(m_ptr + offsets, mask=mask, other=0.0)
-    m = m + _scalar(b1c_hi, b1c_lo, DTYPE) * (g - m)  # torch's lerp for weight < 0.5
+    m = m + join_float(b1c_hi, b1c_lo, DTYPE) * (g - m)  # torch's lerp for weight < 0.5
     v = tl.load(v_ptr + offsets, mask=mask, other=0.0)
-    v = v * _scalar(b2_hi, b2_lo, DTYPE) + _scalar(b2c_hi, b2c_lo, DTYPE) * g * g
+    v = v * join_float(b2_hi, b2_lo, DTYPE) + join_float(b2c_hi, b2c_lo, DTYPE) * g * g
     tl.store(m_ptr + offsets, m, mask=mask)
     tl.store(v_ptr + offsets, v, mask=mask)
     if AMSGRAD:
         v = tl.maximum(tl.load(vmax_ptr + offsets, mask=mask, other=0.0), v)
         tl.store(vmax_ptr + offsets, v, mask=mask)
-    denom = _sqrt_div(v, bc2_sqrt.to(DTYPE), DTYPE) + _scalar(eps_hi, eps_lo, DTYPE)
+    denom = _sqrt_div(v, bc2_sqrt.to(DTYPE), DTYPE) + join_float(eps_hi, eps_lo, DTYPE)
     p = p - step_size.to(DTYPE) * _div(m, denom, DTYPE)
     tl.store(p_ptr + offsets, p, mask=mask)
     _advance_steps(steps_ptr, seg_base, ticket_ptr, t, SEGS)
@@ -229,7 +218,7 @@ class SGD(FlatOptimizer):
         grid, cfg = _grid(longest, count)
         _sgd_kernel[grid](
             self._flat_param, *grads, self._segments, first, buffer, self._lr[group_index], *clip,
-            *_split(group["weight_decay"]), *_split(momentum), *_split(1 - group["dampening"]),
+            *split_float(group["weight_decay"]), *split_float(momentum), *split_float(1 - group["dampening"]),
             HAS_WD=group["weight_decay"] != 0, MOMENTUM=momentum != 0, FIRST=starting,
             NESTEROV=bool(group["nesterov"]), MAXIMIZE=bool(group["maximize"]), CLIP=clip[1] > 0, **cfg,
         )
@@ -301,8 +290,8 @@ class Adam(FlatOptimizer):
             self._flat_param, *grads, self._segments, first,
             self._buffer("exp_avg"), self._buffer("exp_avg_sq"), vmax, self._steps, self._ticket,
             self._lr[group_index], *clip,
-            *_split(_log_beta(beta1)), *_split(_log_beta(beta2)), *_split(group["eps"]),
-            *_split(1 - beta1), *_split(beta2), *_split(1 - beta2), *_split(wd),
+            *split_float(_log_beta(beta1)), *split_float(_log_beta(beta2)), *split_float(group["eps"]),
+            *split_float(1 - beta1), *split_float(beta2), *split_float(1 - beta2), *split_float(wd),
             HAS_WD=wd != 0, DECOUPLED=self._DECOUPLED, AMSGRAD=amsgrad, MAXIMIZE=bool(group["maximize"]),
             CLIP=clip[1] > 0, SEGS=SEGMENTS, **cfg,
         )
