@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from netc.dsl import ast
 from netc.dsl.errors import Loc
 from netc.dsl.limits import INT64_MAX
+from netc.dsl.record import record
 
 REQUIRED = object()  # marks an argument without a default
 
 
-@dataclass(frozen=True)
+@record
 class ArgSpec:
     """One argument of a layer or train setting.
 
@@ -46,6 +45,8 @@ class ArgError(Exception):
 
 def did_you_mean(word: str, candidates: Sequence[str]) -> str:
     """' (did you mean 'x'?)' for the closest candidate, or '' when none is close."""
+    import difflib  # only when a name is wrong (~2 ms of every start otherwise)
+
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

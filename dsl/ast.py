@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from netc.dsl.errors import Loc
+from netc.dsl.record import record
 
 
-@dataclass(frozen=True)
+@record
 class Value:
     """A literal argument value.
 
@@ -39,7 +39,7 @@ class Value:
         return str(self.value)
 
 
-@dataclass(frozen=True)
+@record
 class Arg:
     """A positional (`name` is None) or keyword argument."""
 
@@ -51,7 +51,7 @@ class Arg:
         return self.value.text() if self.name is None else f"{self.name}={self.value.text()}"
 
 
-@dataclass(frozen=True)
+@record
 class Input:
     """`input [d1, ..., dn]`; the arguments are checked later, so mistakes get precise messages."""
 
@@ -59,7 +59,7 @@ class Input:
     loc: Loc
 
 
-@dataclass(frozen=True)
+@record
 class Layer:
     """`NAME arg*` inside a net: a layer, resolved in the op table by the checker."""
 
@@ -71,7 +71,7 @@ class Layer:
         return " ".join([self.name, *(arg.text() for arg in self.args)])
 
 
-@dataclass(frozen=True)
+@record
 class Repeat:
     """`repeat N { ... }`: the body written N times."""
 
@@ -80,7 +80,7 @@ class Repeat:
     loc: Loc
 
 
-@dataclass(frozen=True)
+@record
 class Residual:
     """`residual { ... }`: x + body(x)."""
 
@@ -88,7 +88,7 @@ class Residual:
     loc: Loc
 
 
-@dataclass(frozen=True)
+@record
 class Branch:
     """`branch { ... }` inside a `parallel`; an empty body is the identity."""
 
@@ -96,7 +96,7 @@ class Branch:
     loc: Loc
 
 
-@dataclass(frozen=True)
+@record
 class Parallel:
     """`parallel MERGE { branch {...} ... }`: every branch reads the input; add or concat merges them."""
 
@@ -109,7 +109,7 @@ class Parallel:
 Statement = Input | Layer | Repeat | Residual | Parallel
 
 
-@dataclass(frozen=True)
+@record
 class Setting:
     """`NAME arg*` inside a train block."""
 
@@ -118,16 +118,20 @@ class Setting:
     loc: Loc
 
 
-@dataclass(frozen=True)
+@record
 class NetBlock:
+    """`net NAME { ... }`: the network's statements, in order."""
+
     name: str
     body: tuple[Statement, ...]
     loc: Loc
     name_loc: Loc
 
 
-@dataclass(frozen=True)
+@record
 class TrainBlock:
+    """`train { ... }`: its settings, in order."""
+
     settings: tuple[Setting, ...]
     loc: Loc
 
@@ -135,7 +139,7 @@ class TrainBlock:
 Block = NetBlock | TrainBlock
 
 
-@dataclass(frozen=True)
+@record
 class Program:
     """A whole file: its blocks in source order (the checker enforces one net, at most one train)."""
 

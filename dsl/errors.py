@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from netc.dsl.record import record
+
 
 MAX_SHOWN_ERRORS = 50  # diagnostics rendered per NetError; the rest are counted
 MAX_QUOTED = 120  # characters of a source line quoted under a message; longer ones are cut around the caret
 
 
-@dataclass(frozen=True)
+@record
 class Loc:
     """A position in a `.net` file; line and column count from 1."""
 
@@ -17,7 +18,7 @@ class Loc:
     column: int
 
 
-@dataclass(frozen=True)
+@record
 class Diagnostic:
     """One error or warning, with the text of the source line it points into."""
 

@@ -24,17 +24,18 @@ may add epilogue attributes to conv2d/linear nodes: `activation`, `slope`,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 from collections.abc import Mapping
 
 from netc.dsl.errors import Loc
+from netc.dsl.record import record
 
 Shape = tuple[int, ...]
 INPUT = "input"  # the name by which nodes read the net's input
 
 
-@dataclass(frozen=True)
+@record
 class State:
     """One tensor a node owns: a parameter (trained) or a buffer (running statistics, counters).
 
@@ -57,7 +58,7 @@ class State:
         return f"{kind} {self.name} {list(self.shape)}{dtype} = {start}"
 
 
-@dataclass(frozen=True)
+@record
 class Node:
     """One layer (or merge) of the DAG.
 
@@ -95,16 +96,20 @@ class Node:
         return sum(_numel(item.shape) for item in self.state if not item.buffer)
 
 
-@dataclass(frozen=True)
+@record
 class DataConfig:
+    """`data`: which dataset, the validation split, where it is read from, normalization."""
+
     name: str = "mnist"  # "mnist" or "fashion_mnist"
     val: float = 0.0  # fraction of the training set held out for validation
     path: str | None = None  # a directory of IDX files, instead of the packaged data
     normalize: bool = False  # subtract the training mean, divide by its std
 
 
-@dataclass(frozen=True)
+@record
 class OptimizerConfig:
+    """`optimizer`: its name and every hyperparameter, defaults filled in."""
+
     name: str = "sgd"  # "sgd", "adam" or "adamw"
     lr: float = 0.01
     momentum: float = 0.9  # sgd
@@ -115,14 +120,16 @@ class OptimizerConfig:
     eps: float = 1e-8  # adam, adamw
 
 
-@dataclass(frozen=True)
+@record
 class ScheduleConfig:
+    """`schedule`: how the learning rate changes over the run."""
+
     name: str = "none"  # "none", "step" (per epoch) or "cosine" (per step, to 0 at the end)
     every: int = 1  # step: epochs between decays
     gamma: float = 0.1  # step: the decay factor
 
 
-@dataclass(frozen=True)
+@record
 class AugmentConfig:
     """`augment`: per-image random affine transforms of the training images (runtime.augment)."""
 
@@ -131,8 +138,10 @@ class AugmentConfig:
     scale: float = 0.0  # zoom factor drawn in [1 - scale, 1 + scale]
 
 
-@dataclass(frozen=True)
+@record
 class TrainConfig:
+    """The train block, resolved: every setting with its default filled in."""
+
     data: DataConfig = field(default_factory=DataConfig)
     batch: int = 64
     epochs: int = 1
@@ -146,7 +155,7 @@ class TrainConfig:
     locs: Mapping[str, Loc] = field(default_factory=dict)  # setting name -> where it was written
 
 
-@dataclass(frozen=True)
+@record
 class Graph:
     """A whole checked `.net` program: the DAG of its layers, in topological order."""
 

@@ -11,8 +11,9 @@ refuse before allocating (runtime/memory.py).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from netc.dsl.record import record
 
 INT64_MAX = 2**63 - 1  # the largest size PyTorch (and int64 arithmetic) can hold
 MAX_DIM = 2**31 - 1  # one dimension of a tensor: the kernels index with 32-bit integers
@@ -117,7 +118,7 @@ _OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2, "none": 0}
 _GATES = {"rnn": 1, "lstm": 5, "gru": 4}  # per step and layer: gate pre-activations kept for backward
 
 
-@dataclass(frozen=True)
+@record
 class MemoryEstimate:
     """Bytes a training step holds on the device, by kind (an estimate: allocator overheads and
     temporary buffers of the kernels are not counted)."""

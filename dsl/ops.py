@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from netc.dsl.args import REQUIRED, ArgSpec
 from netc.dsl.ir import Shape, State
 from netc.dsl.limits import MAX_RECURRENT_LAYERS
+from netc.dsl.record import record
 
 Attrs = dict[str, Any]
 
@@ -41,7 +42,7 @@ class ShapeError(Exception):
     """A layer cannot take the shape it gets; the message names that shape."""
 
 
-@dataclass(frozen=True)
+@record
 class OpSpec:
     """One layer: its arguments (in attr order), three rules over (attrs, input shape), its kernels."""
 

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 from pathlib import Path
-
-import lark
-from lark import Token, Transformer
+from typing import Any
 
 from netc.dsl import ast
 from netc.dsl.errors import Diagnostic, Loc, NetError
@@ -18,6 +15,9 @@ _GRAMMAR = Path(__file__).with_name("grammar.lark")
 MAX_NESTING = 32  # blocks, tuples and shapes inside each other (deeper would exhaust Python's stack)
 _BRACKETS = re.compile(r'"[^"\n]*"|#[^\n]*|[{}()\[\]]')  # strings and comments match whole, then skip
 MAX_SYNTAX_ERRORS = 20  # syntax errors reported per file; the rest are likely consequences
+# The parser's options; they and the grammar decide the tables (and the cache key).
+_OPTIONS = {"parser": "lalr", "lexer": "basic", "propagate_positions": True}
+_CACHE_FORMAT = "standalone-1"  # bump when what goes into the cached module changes
 
 # Every terminal, in words, for "expected ..." and "unexpected ..." messages.
 _WORDS: dict[str, str] = {
@@ -36,32 +36,121 @@ _ORDER = ["NAME", "INPUT", "REPEAT", "RESIDUAL", "PARALLEL", "BRANCH", "NET", "T
           "_NL", "$END"]
 
 
+class _Lark:
+    """A built parser and the exception classes its errors come as (Lark's own, or the generated module's)."""
+
+    def __init__(self, parser: Any, errors: Any):
+        self.parse = parser.parse
+        self.UnexpectedInput = errors.UnexpectedInput
+        self.UnexpectedCharacters = errors.UnexpectedCharacters
+
+
 @functools.lru_cache(maxsize=1)
-def _parser() -> lark.Lark:
-    # Strict mode only adds build-time checks (terminal collisions, conflicts): the grammar test
-    # builds it strict, so the command line skips them.
+def _parser() -> _Lark:
+    """The LALR parser for the grammar: Lark builds its tables once (~0.6 s), on the first run.
+
+    Lark's stand-alone generator writes the tables and the code that runs them as one Python
+    module in the user's cache directory (keyed by the grammar, the options and Lark's version);
+    later processes import that module and never import Lark itself (~35 ms of a `netc compile`).
+    Without a usable cache directory the parser is built in every process.
+    """
     grammar = _GRAMMAR.read_text()
+    path = _cache_file(grammar)
+    if path:
+        module = _load_standalone(path) or _write_standalone(grammar, path)
+        if module is not None:
+            return _Lark(module.Lark_StandAlone(), module)
+    import lark  # no cache: build the tables here
+
     # The basic lexer keeps reserved words reserved everywhere (a contextual one would let
-    # `net` pass as a layer name inside a net). Building the LALR tables takes ~0.6 s: Lark
-    # keeps them in a cache file (keyed by the grammar and options), rebuilt when missing or stale.
-    return lark.Lark(grammar, parser="lalr", lexer="basic", propagate_positions=True,
-                     cache=_cache_file(grammar))
+    # `net` pass as a layer name inside a net). Strict mode only adds build-time checks (terminal
+    # collisions, conflicts): the grammar test builds it strict, so the command line skips them.
+    return _Lark(lark.Lark(grammar, **_OPTIONS), lark.exceptions)
 
 
 def _cache_file(grammar: str) -> str | bool:
-    """A private file for Lark's parser tables in the user's cache directory, or False (no cache)."""
+    """A private file for the generated parser in the user's cache directory, or False (no cache)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     directory = os.path.join(base, "netc")
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         info = os.stat(directory)
-        # Lark's cache is a pickle: read it only from a directory nobody else can write to
+        # the cache holds Python code: use it only from a directory nobody else can write to
         if info.st_uid != os.getuid() or info.st_mode & 0o022:
             return False
     except (OSError, AttributeError):  # read-only home, no getuid (Windows): parse without a cache
         return False
-    key = hashlib.sha256(f"{grammar}\0{lark.__version__}".encode()).hexdigest()[:16]
-    return os.path.join(directory, f"grammar-{key}.lark-cache")
+    import zlib  # not hashlib, whose OpenSSL binding costs ~3 ms: the key only tells versions apart
+
+    key_text = f"{grammar}\0{sorted(_OPTIONS.items())}\0{_lark_version()}\0{_CACHE_FORMAT}".encode()
+    key = f"{zlib.crc32(key_text):08x}{zlib.adler32(key_text):08x}"
+    return os.path.join(directory, f"grammar_{key}.py")
+
+
+def _lark_version() -> str:
+    """The installed Lark's version, read from its package without importing it (that is the cost saved)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lark")
+    try:
+        with open(spec.origin, encoding="utf-8") as file:  # type: ignore[union-attr, arg-type]
+            found = re.search(r"""^__version__\s*(?::\s*str\s*)?=\s*["']([^"']+)["']""", file.read(), re.M)
+    except (OSError, TypeError, AttributeError):
+        return "unknown"
+    return found.group(1) if found else "unknown"
+
+
+def _load_standalone(path: str) -> Any:
+    """The generated parser module at path, or None when it is missing, foreign or broken."""
+    import importlib.util
+
+    try:
+        if os.stat(path).st_uid != os.getuid():
+            return None
+        name = "netc_dsl_" + os.path.basename(path)[:-3]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        module.Lark_StandAlone  # noqa: B018 - a truncated file lacks it: rebuild
+        return module
+    except Exception:  # noqa: BLE001 - a half-written or damaged file: rebuild it
+        return None
+
+
+def _remove_stale(path: str) -> None:
+    """Delete the parsers of earlier grammars (and Lark's older pickle caches) beside path."""
+    directory, current = os.path.split(path)
+    for name in os.listdir(directory):
+        stale = name.startswith(("grammar_", "grammar-")) and name.endswith((".py", ".lark-cache"))
+        if stale and name != current:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
+def _write_standalone(grammar: str, path: str) -> Any:
+    """Build the tables with Lark, write them as a module next to path (atomically), then load it."""
+    import io
+
+    import lark
+    from lark.tools.standalone import gen_standalone
+
+    text = io.StringIO()
+    gen_standalone(lark.Lark(grammar, **_OPTIONS), out=text)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(text.getvalue())
+        os.replace(temporary, path)  # a concurrent reader sees the old file or the whole new one
+        _remove_stale(path)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        return None
+    return _load_standalone(path)
 
 
 def parse_program(source: str, path: str = "<string>") -> ast.Program:
@@ -69,13 +158,10 @@ def parse_program(source: str, path: str = "<string>") -> ast.Program:
     text = source if source.endswith("\n") else source + "\n"
     _check_nesting(text, path)
     tree = _parse_tree(text, path)
-    try:
-        return _ToAst(path, source).transform(tree)
-    except lark.exceptions.VisitError as error:  # Lark wraps what a transformer raises: unwrap it
-        raise error.orig_exc from None
+    return _ToAst(path, source).transform(tree)
 
 
-def _parse_tree(text: str, path: str) -> lark.Tree:
+def _parse_tree(text: str, path: str) -> Any:
     """The syntax tree, or NetError with every syntax error found.
 
     After an error, its line is blanked and the text parsed again, so each later line gets
@@ -84,11 +170,12 @@ def _parse_tree(text: str, path: str) -> lark.Tree:
     """
     found: list[Diagnostic] = []
     lines = text.split("\n")
+    parser = _parser()
     while True:
         try:
-            tree = _parser().parse("\n".join(lines))
-        except lark.exceptions.UnexpectedInput as error:
-            diagnostic = _syntax_diagnostic(error, "\n".join(lines), path)
+            tree = parser.parse("\n".join(lines))
+        except parser.UnexpectedInput as error:
+            diagnostic = _syntax_diagnostic(error, "\n".join(lines), path, parser)
             if found and diagnostic.loc.line <= found[-1].loc.line:
                 break  # no progress: what follows is a consequence of an earlier mistake
             found.append(diagnostic)
@@ -128,14 +215,19 @@ def _check_nesting(text: str, path: str) -> None:
             depth = max(depth - 1, 0)
 
 
-class _ToAst(Transformer):
-    """Lark tree -> ast dataclasses; every node takes the Loc of its first token."""
+class _ToAst:
+    """Lark tree -> ast dataclasses, bottom up; every node takes the Loc of its first token."""
 
     def __init__(self, path: str, source: str):
-        super().__init__()
         self._path, self._source = path, source
 
-    def _loc(self, token: Token) -> Loc:
+    def transform(self, tree: Any) -> Any:
+        """Each rule's method gets its children already transformed (tokens stay tokens)."""
+        children = [self.transform(child) if hasattr(child, "children") else child
+                    for child in tree.children]
+        return getattr(self, str(tree.data))(children)
+
+    def _loc(self, token: Any) -> Loc:
         return Loc(self._path, token.line or 1, token.column or 1)
 
     def int_value(self, children: list) -> ast.Value:
@@ -208,13 +300,13 @@ class _ToAst(Transformer):
         return ast.Program(self._path, self._source, blocks)
 
 
-def _syntax_diagnostic(error: lark.exceptions.UnexpectedInput, text: str, path: str) -> Diagnostic:
+def _syntax_diagnostic(error: Any, text: str, path: str, parser: _Lark) -> Diagnostic:
     """One plain-English diagnostic for Lark's error: what was found, what was expected, where."""
     lines = text.split("\n")
     line, column = error.line, error.column
     if line is None or line < 1:  # Lark gives end-of-input errors no position: use the last line
         line, column = len(lines) - 1 or 1, 1
-    if isinstance(error, lark.exceptions.UnexpectedCharacters):
+    if isinstance(error, parser.UnexpectedCharacters):
         message = _unexpected_character(error)
         kind = None
     else:
@@ -234,7 +326,7 @@ def _syntax_diagnostic(error: lark.exceptions.UnexpectedInput, text: str, path: 
     return Diagnostic("error", message, Loc(path, line, max(column, 1)), source_line)
 
 
-def _unexpected_character(error: lark.exceptions.UnexpectedCharacters) -> str:
+def _unexpected_character(error: Any) -> str:
     char = error.char
     if char == '"':
         return 'unterminated string: close it with `"` on the same line'
@@ -244,7 +336,7 @@ def _unexpected_character(error: lark.exceptions.UnexpectedCharacters) -> str:
     return f"unexpected character {shown}"
 
 
-def _accepted(error: lark.exceptions.UnexpectedToken) -> set[str]:
+def _accepted(error: Any) -> set[str]:
     """The terminals the parser would really take here (Lark's `expected` can be a superset)."""
     try:
         return set(error.interactive_parser.accepts())
@@ -252,7 +344,7 @@ def _accepted(error: lark.exceptions.UnexpectedToken) -> set[str]:
         return set(error.expected)
 
 
-def _describe_token(token: Token) -> str:
+def _describe_token(token: Any) -> str:
     if token.type == "NAME":
         return f"name '{token.value}'"
     if token.type in ("INT", "FLOAT"):

@@ -7,7 +7,7 @@ import importlib
 import math
 import os
 import sys
-import traceback
+from collections.abc import Callable
 
 # command -> the module whose `run(args) -> int` carries it out
 _COMMANDS: dict[str, str] = {
@@ -64,110 +64,132 @@ def _add_device(parser: argparse.ArgumentParser, backend: bool = True) -> None:
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _compile_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("file", metavar="FILE", help="a .net file")
+    sub.add_argument(
+        "--emit", choices=["ast", "ir", "plan", "triton"],
+        help="show one stage instead: syntax tree, IR, kernel plan, or Triton source",
+    )
+    sub.add_argument("--json", action="store_true", help="print the table as JSON")
+
+
+def _train_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("file", metavar="FILE", help="a .net file")
+    sub.add_argument("--epochs", type=_positive_int, help="override the file's epochs")
+    sub.add_argument("--batch", type=_positive_int, help="override the file's batch size")
+    sub.add_argument("--lr", type=_positive_float, help="override the optimizer's learning rate")
+    sub.add_argument("--seed", type=_seed, help="override the file's seed")
+    _add_device(sub)
+    sub.add_argument("--out", metavar="DIR", help="checkpoint and metrics directory (runs/NAME)")
+    sub.add_argument("--resume", metavar="DIR", help="continue from the checkpoint in DIR")
+    sub.add_argument("--limit", type=_positive_int, metavar="N", help="use only the first N training samples")
+    sub.add_argument("--nproc", type=_positive_int, metavar="N",
+                     help="train data-parallel on N processes (torch.distributed; the batch is split)")
+    sub.add_argument("--tensorboard", metavar="DIR",
+                     help="also log loss, accuracy, learning rate and step rate for TensorBoard in DIR")
+
+
+def _eval_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("file", metavar="FILE", help="a .net file")
+    sub.add_argument("--checkpoint", metavar="DIR", required=True, help="checkpoint directory")
+    _add_device(sub)
+
+
+def _check_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("file", metavar="FILE", help="a .net file")
+    _add_device(sub, backend=False)
+    sub.add_argument("--batch", type=_positive_int, default=4, help="batch size (4)")
+    sub.add_argument("--tol", type=_positive_float, default=None,
+                     help="largest relative error allowed (default: by precision)")
+
+
+def _bench_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("file", metavar="FILE", help="a .net file")
+    _add_device(sub, backend=False)
+    sub.add_argument("--steps", type=_positive_int, default=None, help="timed steps per contender")
+    sub.add_argument("--batch", type=_positive_int, default=None,
+                     help="batch size (the file's; 4 on the cpu, where Triton is interpreted)")
+    sub.add_argument("--compile", action="store_true",
+                     help="also race torch.compile on the cpu (always on cuda; compiling takes minutes)")
+    sub.add_argument("--contenders", type=_name_list, default=None, metavar="A,B",
+                     help="run only these contenders (netc, netc-nograph, torch-eager, torch-graph, "
+                     "torch-compile, torch-compile-ro)")
+    sub.add_argument("--json", action="store_true", help="print the results as JSON")
+    sub.add_argument("--static", action="store_true",
+                     help="no GPU needed: compile one training step's kernels for --target and print an "
+                     "estimate per launch (registers, spills, tensor cores, time) and totals")
+    sub.add_argument("--target", default="sm_90", help="GPU architecture for --static (sm_90: H100/H200)")
+
+
+def _export_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("file", metavar="FILE", help="a .net file")
+    sub.add_argument("--checkpoint", metavar="DIR", required=True, help="checkpoint directory")
+    sub.add_argument("-o", "--output", metavar="PATH", help="the ONNX file to write (NAME.onnx)")
+
+
+def _predict_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("file", metavar="FILE", help="a .net file")
+    sub.add_argument("--checkpoint", metavar="DIR", required=True, help="checkpoint directory")
+    sub.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    sub.add_argument("--top", type=_positive_int, default=3, metavar="K", help="classes to show (3)")
+    sub.add_argument("--json", action="store_true", help="one JSON object per line and image")
+    _add_device(sub)
+
+
+# command -> (summary in `netc --help`, description in `netc COMMAND --help`, its options)
+_COMMAND_HELP: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
+    "compile": ("parse, check and lower FILE; print one row per layer",
+                "Parse, check and lower FILE; print one row per layer and totals.", _compile_options),
+    "train": ("train FILE on its dataset", "Train FILE on its dataset; checkpoint after every epoch.",
+              _train_options),
+    "eval": ("test loss and accuracy of a checkpoint", "Test loss and accuracy of a checkpoint of FILE.",
+             _eval_options),
+    "check": ("compare every layer's Triton kernels with PyTorch",
+              "Run every layer of FILE forward and backward with the Triton kernels and with PyTorch on "
+              "the same random inputs; exit 1 if any error exceeds the tolerance.", _check_options),
+    "bench": ("time training steps: Triton vs PyTorch eager vs torch.compile",
+              "Time training steps of FILE with the Triton kernels, PyTorch eager and torch.compile, "
+              "side by side; print steps/s and ratios.", _bench_options),
+    "export": ("write a trained network as an ONNX model and check it with ONNX Runtime",
+               "Export the network of FILE with the weights of a checkpoint as ONNX (dynamic batch), run "
+               "it with ONNX Runtime on test images and compare with netc; exit 1 if they differ.",
+               _export_options),
+    "predict": ("classify image files with a trained network",
+                "Classify PNG or JPEG files of any size (converted to the dataset's grayscale 28x28, "
+                "white on black) and print the top classes with their probabilities.", _predict_options),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `netc` parser: every command listed, with the options of `command` only (all when None).
+
+    Adding the options of all seven commands costs ~5 ms of every start, more than checking a
+    file takes (issue 14's budget for `netc compile`): `main` adds only those of the command it runs.
+    """
     parser = argparse.ArgumentParser(
         prog="netc",
         description="Compile .net network descriptions to Triton kernels, train and check them.",
     )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    compile_parser = commands.add_parser(
-        "compile", help="parse, check and lower FILE; print one row per layer",
-        description="Parse, check and lower FILE; print one row per layer and totals.",
-    )
-    compile_parser.add_argument("file", metavar="FILE", help="a .net file")
-    compile_parser.add_argument(
-        "--emit", choices=["ast", "ir", "plan", "triton"],
-        help="show one stage instead: syntax tree, IR, kernel plan, or Triton source",
-    )
-    compile_parser.add_argument("--json", action="store_true", help="print the table as JSON")
-
-    train = commands.add_parser(
-        "train", help="train FILE on its dataset",
-        description="Train FILE on its dataset; checkpoint after every epoch.",
-    )
-    train.add_argument("file", metavar="FILE", help="a .net file")
-    train.add_argument("--epochs", type=_positive_int, help="override the file's epochs")
-    train.add_argument("--batch", type=_positive_int, help="override the file's batch size")
-    train.add_argument("--lr", type=_positive_float, help="override the optimizer's learning rate")
-    train.add_argument("--seed", type=_seed, help="override the file's seed")
-    _add_device(train)
-    train.add_argument("--out", metavar="DIR", help="checkpoint and metrics directory (runs/NAME)")
-    train.add_argument("--resume", metavar="DIR", help="continue from the checkpoint in DIR")
-    train.add_argument("--limit", type=_positive_int, metavar="N",
-                       help="use only the first N training samples")
-    train.add_argument("--nproc", type=_positive_int, metavar="N",
-                       help="train data-parallel on N processes (torch.distributed; the batch is split)")
-    train.add_argument("--tensorboard", metavar="DIR",
-                       help="also log loss, accuracy, learning rate and step rate for TensorBoard in DIR")
-
-    evaluate = commands.add_parser(
-        "eval", help="test loss and accuracy of a checkpoint",
-        description="Test loss and accuracy of a checkpoint of FILE.",
-    )
-    evaluate.add_argument("file", metavar="FILE", help="a .net file")
-    evaluate.add_argument("--checkpoint", metavar="DIR", required=True, help="checkpoint directory")
-    _add_device(evaluate)
-
-    check = commands.add_parser(
-        "check", help="compare every layer's Triton kernels with PyTorch",
-        description="Run every layer of FILE forward and backward with the Triton kernels and "
-        "with PyTorch on the same random inputs; exit 1 if any error exceeds the tolerance.",
-    )
-    check.add_argument("file", metavar="FILE", help="a .net file")
-    _add_device(check, backend=False)
-    check.add_argument("--batch", type=_positive_int, default=4, help="batch size (4)")
-    check.add_argument("--tol", type=_positive_float, default=None,
-                       help="largest relative error allowed (default: by precision)")
-
-    bench = commands.add_parser(
-        "bench", help="time training steps: Triton vs PyTorch eager vs torch.compile",
-        description="Time training steps of FILE with the Triton kernels, PyTorch eager and "
-        "torch.compile, side by side; print steps/s and ratios.",
-    )
-    bench.add_argument("file", metavar="FILE", help="a .net file")
-    _add_device(bench, backend=False)
-    bench.add_argument("--steps", type=_positive_int, default=None, help="timed steps per contender")
-    bench.add_argument("--batch", type=_positive_int, default=None,
-                       help="batch size (the file's; 4 on the cpu, where Triton is interpreted)")
-    bench.add_argument("--compile", action="store_true",
-                       help="also race torch.compile on the cpu (always on cuda; compiling takes minutes)")
-    bench.add_argument("--contenders", type=_name_list, default=None, metavar="A,B",
-                       help="run only these contenders (netc, netc-nograph, torch-eager, torch-graph, "
-                       "torch-compile, torch-compile-ro)")
-    bench.add_argument("--json", action="store_true", help="print the results as JSON")
-    bench.add_argument("--static", action="store_true",
-                       help="no GPU needed: compile one training step's kernels for --target and print an "
-                       "estimate per launch (registers, spills, tensor cores, time) and totals")
-    bench.add_argument("--target", default="sm_90", help="GPU architecture for --static (sm_90: H100/H200)")
-
-    export = commands.add_parser(
-        "export", help="write a trained network as an ONNX model and check it with ONNX Runtime",
-        description="Export the network of FILE with the weights of a checkpoint as ONNX (dynamic "
-        "batch), run it with ONNX Runtime on test images and compare with netc; exit 1 if they differ.",
-    )
-    export.add_argument("file", metavar="FILE", help="a .net file")
-    export.add_argument("--checkpoint", metavar="DIR", required=True, help="checkpoint directory")
-    export.add_argument("-o", "--output", metavar="PATH", help="the ONNX file to write (NAME.onnx)")
-
-    predict = commands.add_parser(
-        "predict", help="classify image files with a trained network",
-        description="Classify PNG or JPEG files of any size (converted to the dataset's grayscale "
-        "28x28, white on black) and print the top classes with their probabilities.",
-    )
-    predict.add_argument("file", metavar="FILE", help="a .net file")
-    predict.add_argument("--checkpoint", metavar="DIR", required=True, help="checkpoint directory")
-    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
-    predict.add_argument("--top", type=_positive_int, default=3, metavar="K", help="classes to show (3)")
-    predict.add_argument("--json", action="store_true", help="one JSON object per line and image")
-    _add_device(predict)
+    for name, (summary, description, add_options) in _COMMAND_HELP.items():
+        sub = commands.add_parser(name, help=summary, description=description)
+        if command is None or command == name:
+            add_options(sub)
     return parser
 
 
+def _command_word(argv: list[str]) -> str | None:
+    """The command argv names (its first word that is not an option), if it is one of netc's."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in _COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_word(words)).parse_args(words)
     if getattr(args, "device", None) == "cpu" and getattr(args, "backend", "triton") != "torch":
         # Triton binds kernels to its interpreter at import: decide before any kernel loads.
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -180,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except NetError as error:
         if args.debug:
+            import traceback
+
             traceback.print_exc()
         print(str(error), file=sys.stderr)
         return 1
@@ -190,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as error:  # writing the output or a file failed (`> /dev/full`, a full disk)
         if args.debug:
+            import traceback
+
             traceback.print_exc()
         return _write_failed(error)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 
 from netc.dsl.check import CheckResult, check_program, read_file
@@ -41,15 +40,15 @@ def run(args: argparse.Namespace) -> int:
     source = read_file(args.file)
     if args.emit == "ast":
         program = parse_program(source, args.file)
-        print(json.dumps(_ast_dict(program), indent=2) if args.json else format_ast(program))
+        print(_json(_ast_dict(program)) if args.json else format_ast(program))
         return 0
     result = _check(args.file, source)
     if args.emit in ("plan", "triton"):
         return _emit_lowered(args.emit, result)
     if args.emit == "ir":
-        print(json.dumps(table_dict(result.graph), indent=2) if args.json else _ir_after_passes(result))
+        print(_json(table_dict(result.graph)) if args.json else _ir_after_passes(result))
         return 0
-    print(json.dumps(table_dict(result.graph), indent=2) if args.json else format_table(result.graph))
+    print(_json(table_dict(result.graph)) if args.json else format_table(result.graph))
     return 0
 
 
@@ -79,3 +78,9 @@ def _ast_dict(node: object) -> object:
     if isinstance(node, (tuple, list)):
         return [_ast_dict(item) for item in node]
     return node
+
+
+def _json(data: object) -> str:
+    import json  # only for --json: the table path stays light (issue 14's start-up budget)
+
+    return json.dumps(data, indent=2)

@@ -168,3 +168,24 @@ def test_front_end_imports_neither_torch_nor_triton(files):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert sys.executable  # the subprocess used the project's venv, not this interpreter's modules
+
+
+@pytest.mark.parametrize("argv", [
+    ["compile", "a.net", "--emit", "ir", "--json"],
+    ["--debug", "train", "a.net", "--epochs", "2", "--lr", "0.5", "--device", "cpu", "--limit", "7"],
+    ["eval", "a.net", "--checkpoint", "runs/a"],
+    ["check", "a.net", "--batch", "3", "--tol", "1e-4"],
+    ["bench", "a.net", "--static", "--target", "sm_80", "--contenders", "netc,torch-eager"],
+    ["export", "a.net", "--checkpoint", "runs/a", "-o", "a.onnx"],
+    ["predict", "a.net", "--checkpoint", "runs/a", "x.png", "y.png", "--top", "2", "--json"],
+])
+def test_the_parser_built_for_one_command_reads_it_as_the_full_parser_does(argv: list[str]) -> None:
+    """`main` adds only the options of the command it runs (start-up time): same meaning, same defaults."""
+    from netc.runtime.cli import _command_word, build_parser
+
+    command = _command_word(argv)
+    assert command == argv[argv[0] == "--debug"]
+    assert vars(build_parser(command).parse_args(argv)) == vars(build_parser().parse_args(argv))
+    others = [name for name in ("compile", "train", "predict") if name != command]
+    with pytest.raises(SystemExit):  # the other commands' options are not built (nor accepted)
+        build_parser(command).parse_args([others[0], "a.net"])
