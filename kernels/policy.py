@@ -221,7 +221,10 @@ def norm_splits(channel_blocks: int, rows: int, block_r: int) -> int:
     if interpreting():
         return max(1, min(steps, 2))
     wanted = -(-2 * SM_COUNT // channel_blocks)
-    return max(1, min(wanted, steps // NORM_MIN_STEPS, NORM_MAX_SPLITS))
+    # each CTA reads at least NORM_MIN_STEPS tiles, unless that leaves SMs idle (64 channels of
+    # 128 x 7 x 7: 7 tiles each, one CTA per channel): then down to one tile per CTA, to fill them
+    filling = min(steps, -(-SM_COUNT // channel_blocks))
+    return max(1, min(wanted, max(steps // NORM_MIN_STEPS, filling), NORM_MAX_SPLITS))
 
 
 def layer_norm_tile(row_len: int, dtype_bytes: int) -> tuple[int, int, int]:

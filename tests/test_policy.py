@@ -43,3 +43,19 @@ def test_split_k_fills_the_sms_without_tiny_splits(monkeypatch: pytest.MonkeyPat
     assert policy.split_k(200, 1800) == 1  # the output tiles fill the GPU already
     monkeypatch.setattr(policy, "interpreting", lambda: True)
     assert policy.split_k(1, 1800) == 1
+
+
+def test_batch_norm_reductions_fill_the_sms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Split reductions cover the SMs, each CTA reading >= NORM_MIN_STEPS tiles when there are enough."""
+    monkeypatch.setattr(policy, "interpreting", lambda: False)
+    sms, tile = policy.SM_COUNT, 1024
+    # 64 channels of 128 x 7 x 7 (resnet.net's second stage): 7 tiles each, once one CTA per channel
+    splits = policy.norm_splits(64, 128 * 49, tile)
+    assert 64 * splits >= sms and splits <= 7
+    # plenty of tiles: about 2 CTAs per SM, every CTA reading at least NORM_MIN_STEPS tiles
+    splits = policy.norm_splits(32, 128 * 196 * 8, tile)
+    assert 2 * sms <= 32 * splits < 2 * sms + 32 and 128 * 196 * 8 / splits >= policy.NORM_MIN_STEPS * tile
+    assert policy.norm_splits(512, 10 * tile, tile) == 1  # channels alone fill the GPU
+    assert policy.norm_splits(1, 3 * tile, tile) == 3  # no more CTAs than tiles
+    monkeypatch.setattr(policy, "interpreting", lambda: True)
+    assert policy.norm_splits(64, 128 * 49, tile) == 2  # the interpreter: 2 (the combine still runs)

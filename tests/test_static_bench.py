@@ -41,7 +41,6 @@ UNDERFILLED: dict[str, str] = {
     "birnn.net": _RECURRENT,
     "gru.net": f"{_RECURRENT}, a bias-gradient _column_sums_kernel on 6 CTAs",
     "lstm.net": _RECURRENT,
-    "resnet.net": "batchnorm _bn_grad_stats_kernel on 48 CTAs (~8 us each)",
     "rnn.net": _RECURRENT,
 }
 
