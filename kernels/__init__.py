@@ -33,6 +33,7 @@ for _family in FAMILIES:
     importlib.import_module(f"netc.kernels.{_family}")
 del _family
 
+from netc.kernels.adaptive_pool import adaptive_avg_pool2d  # noqa: E402
 from netc.kernels.activation import gelu, leaky_relu, relu, sigmoid, silu, tanh  # noqa: E402
 from netc.kernels.conv import conv2d, conv2d_act  # noqa: E402
 from netc.kernels.dropout import dropout  # noqa: E402
@@ -41,7 +42,7 @@ from netc.kernels.linear import linear, linear_act  # noqa: E402
 from netc.kernels.loss import cross_entropy  # noqa: E402
 from netc.kernels.norm import batch_norm  # noqa: E402
 from netc.kernels.optim import SGD, Adam, AdamW  # noqa: E402
-from netc.kernels.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d  # noqa: E402
+from netc.kernels.pool import avg_pool2d, max_pool2d  # noqa: E402
 from netc.kernels.recurrent import gru, gru_cell, lstm, lstm_cell, rnn, rnn_cell  # noqa: E402
 
 

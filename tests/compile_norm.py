@@ -92,10 +92,10 @@ def _activation_and_pool() -> list[Variant]:
                                dict(cfg, ACT=act, SLOPE=0.0), warps))
         for window in (1, 784):
             block, block_k, pool_warps = policy.adaptive_pool_tile(window)
-            out.append(Variant(f"adaptive fwd {dt} window={window}", "pool",
+            out.append(Variant(f"adaptive fwd {dt} window={window}", "adaptive_pool",
                                "_adaptive_avg_pool2d_fwd_kernel", ptrs, {"BLOCK": block, "BLOCK_K": block_k},
                                pool_warps))
-        out.append(Variant(f"adaptive bwd {dt}", "pool", "_adaptive_avg_pool2d_bwd_kernel", ptrs,
+        out.append(Variant(f"adaptive bwd {dt}", "adaptive_pool", "_adaptive_avg_pool2d_bwd_kernel", ptrs,
                            {"BLOCK": block}, pool_warps))
     return out
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from kernel_helpers_dense import check
 
-from netc.kernels.pool import adaptive_avg_pool2d
+from netc.kernels.adaptive_pool import adaptive_avg_pool2d
 
 # id -> (input shape, output_size): global, exact, overlapping windows, upsampling, None, unbatched
 CASES: dict[str, tuple[tuple[int, ...], object]] = {
