@@ -25,7 +25,7 @@ from kernel_helpers_dense import relative_error
 from netc.kernels.activation import gelu, silu
 from netc.kernels.layer_norm import layer_norm
 from netc.kernels.norm import batch_norm
-from netc.kernels.pool import adaptive_avg_pool2d
+from netc.kernels.adaptive_pool import adaptive_avg_pool2d
 
 OURS: dict[str, Callable[..., torch.Tensor]] = {
     "batch_norm": batch_norm,
