@@ -211,10 +211,10 @@ def _pool() -> list[Variant]:
         tile = importlib.import_module("netc.kernels.policy").adaptive_pool_tile
         for window in (1, 4, 784):  # adaptive: upsampling, 2x2 windows, a 28x28 global pool
             block, block_k, ada_warps = tile(window)
-            out.append(Variant(f"pool adaptive fwd {dt} window={window}", "pool",
+            out.append(Variant(f"pool adaptive fwd {dt} window={window}", "adaptive_pool",
                                "_adaptive_avg_pool2d_fwd_kernel", _ptrs(dt, "x_ptr", "y_ptr"),
                                {"BLOCK": block, "BLOCK_K": block_k}, ada_warps))
-        out.append(Variant(f"pool adaptive bwd {dt}", "pool", "_adaptive_avg_pool2d_bwd_kernel",
+        out.append(Variant(f"pool adaptive bwd {dt}", "adaptive_pool", "_adaptive_avg_pool2d_bwd_kernel",
                            _ptrs(dt, "dy_ptr", "dx_ptr"), {"BLOCK": block}, ada_warps))
     return out
 

@@ -28,7 +28,7 @@ KNOWN_FAILURES: dict[str, str] = {}  # none today (the gru forward without bias 
 
 # the modules whose launched kernels this file covers (the conv, dropout and optim kernels have
 # their own compile tests; the persistent recurrent ones too, for the lstm with bias)
-MODULES = ("gemm", "activation", "loss", "pool", "recurrent_steps", "recurrent_cells")
+MODULES = ("gemm", "activation", "loss", "pool", "adaptive_pool", "recurrent_steps", "recurrent_cells")
 
 VARIANTS = variants()
 ON_GPU_SUITE = pytest.mark.skipif(
