@@ -107,6 +107,12 @@ def _load_standalone(path: str) -> Any:
     try:
         if os.stat(path).st_uid != os.getuid():
             return None
+        if not os.path.exists(_bytecode(path)):
+            # compiled once here even where PYTHONDONTWRITEBYTECODE forbids the import to write it
+            # (it only forbids writing): compiling the 170 KB module costs more than it saves
+            import py_compile
+
+            py_compile.compile(path, doraise=True)
         name = "netc_dsl_" + os.path.basename(path)[:-3]
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
@@ -123,10 +129,18 @@ def _remove_stale(path: str) -> None:
     for name in os.listdir(directory):
         stale = name.startswith(("grammar_", "grammar-")) and name.endswith((".py", ".lark-cache"))
         if stale and name != current:
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass
+            for old in (os.path.join(directory, name), _bytecode(os.path.join(directory, name))):
+                try:
+                    os.unlink(old)
+                except OSError:
+                    pass
+
+
+def _bytecode(path: str) -> str:
+    """Where Python keeps the compiled module of path (`__pycache__/NAME.cpython-XY.pyc`)."""
+    import importlib.util
+
+    return importlib.util.cache_from_source(path) if path.endswith(".py") else path + ".none"
 
 
 def _write_standalone(grammar: str, path: str) -> Any:
