@@ -9,18 +9,6 @@ import os
 import sys
 from collections.abc import Callable
 
-# command -> the module whose `run(args) -> int` carries it out
-_COMMANDS: dict[str, str] = {
-    "compile": "netc.runtime.compile_cmd",
-    "train": "netc.runtime.train_cmd",
-    "eval": "netc.runtime.eval_cmd",
-    "check": "netc.runtime.check",
-    "bench": "netc.runtime.bench",
-    "export": "netc.runtime.export_cmd",
-    "predict": "netc.runtime.predict_cmd",
-}
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -136,25 +124,27 @@ def _predict_options(sub: argparse.ArgumentParser) -> None:
     _add_device(sub)
 
 
-# command -> (summary in `netc --help`, description in `netc COMMAND --help`, its options)
-_COMMAND_HELP: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
-    "compile": ("parse, check and lower FILE; print one row per layer",
+# command -> (the module whose `run(args) -> int` carries it out, its summary in `netc --help`,
+# its description in `netc COMMAND --help`, the function that adds its options)
+_COMMANDS: dict[str, tuple[str, str, str, Callable[[argparse.ArgumentParser], None]]] = {
+    "compile": ("netc.runtime.compile_cmd", "parse, check and lower FILE; print one row per layer",
                 "Parse, check and lower FILE; print one row per layer and totals.", _compile_options),
-    "train": ("train FILE on its dataset", "Train FILE on its dataset; checkpoint after every epoch.",
-              _train_options),
-    "eval": ("test loss and accuracy of a checkpoint", "Test loss and accuracy of a checkpoint of FILE.",
-             _eval_options),
-    "check": ("compare every layer's Triton kernels with PyTorch",
+    "train": ("netc.runtime.train_cmd", "train FILE on its dataset",
+              "Train FILE on its dataset; checkpoint after every epoch.", _train_options),
+    "eval": ("netc.runtime.eval_cmd", "test loss and accuracy of a checkpoint",
+             "Test loss and accuracy of a checkpoint of FILE.", _eval_options),
+    "check": ("netc.runtime.check", "compare every layer's Triton kernels with PyTorch",
               "Run every layer of FILE forward and backward with the Triton kernels and with PyTorch on "
               "the same random inputs; exit 1 if any error exceeds the tolerance.", _check_options),
-    "bench": ("time training steps: Triton vs PyTorch eager vs torch.compile",
+    "bench": ("netc.runtime.bench", "time training steps: Triton vs PyTorch eager vs torch.compile",
               "Time training steps of FILE with the Triton kernels, PyTorch eager and torch.compile, "
               "side by side; print steps/s and ratios.", _bench_options),
-    "export": ("write a trained network as an ONNX model and check it with ONNX Runtime",
+    "export": ("netc.runtime.export_cmd",
+               "write a trained network as an ONNX model and check it with ONNX Runtime",
                "Export the network of FILE with the weights of a checkpoint as ONNX (dynamic batch), run "
                "it with ONNX Runtime on test images and compare with netc; exit 1 if they differ.",
                _export_options),
-    "predict": ("classify image files with a trained network",
+    "predict": ("netc.runtime.predict_cmd", "classify image files with a trained network",
                 "Classify PNG or JPEG files of any size (converted to the dataset's grayscale 28x28, "
                 "white on black) and print the top classes with their probabilities.", _predict_options),
 }
@@ -172,7 +162,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (summary, description, add_options) in _COMMAND_HELP.items():
+    for name, (_, summary, description, add_options) in _COMMANDS.items():
         sub = commands.add_parser(name, help=summary, description=description)
         if command is None or command == name:
             add_options(sub)
@@ -196,15 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     from netc.dsl.errors import NetError
 
     try:
-        module = importlib.import_module(_COMMANDS[args.command])
+        module = importlib.import_module(_COMMANDS[args.command][0])
         status = int(module.run(args) or 0)
         sys.stdout.flush()  # a full disk shows here, where it can be reported, not at exit
         return status
     except NetError as error:
-        if args.debug:
-            import traceback
-
-            traceback.print_exc()
+        _traceback_if(args.debug)
         print(str(error), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -213,11 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except OSError as error:  # writing the output or a file failed (`> /dev/full`, a full disk)
-        if args.debug:
-            import traceback
-
-            traceback.print_exc()
+        _traceback_if(args.debug)
         return _write_failed(error)
+
+
+def _traceback_if(debug: bool) -> None:
+    """`--debug`: the Python traceback of the error being handled (imported only then)."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
 
 
 def _write_failed(error: OSError) -> int:
