@@ -20,18 +20,14 @@ _MISSING = dataclasses.MISSING
 
 def record(cls: type[T]) -> type[T]:
     """Make cls a frozen dataclass: value equality and hash over its fields, a dataclass repr."""
-    for name in ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__"):
-        if name in cls.__dict__ and name != "__hash__":
+    for name in _METHODS:
+        if name in cls.__dict__:  # it would be replaced without a word
             raise TypeError(f"@record class {cls.__name__} defines {name}; use @dataclass instead")
     cls = dataclasses.dataclass(init=False, repr=False, eq=False)(cls)
     cls.__record__ = tuple((f.name, f.default, f.default_factory)  # type: ignore[attr-defined]
                            for f in dataclasses.fields(cls))
-    cls.__init__ = _init  # type: ignore[misc]
-    cls.__repr__ = _repr  # type: ignore[assignment]
-    cls.__eq__ = _eq  # type: ignore[assignment]
-    cls.__hash__ = _hash  # type: ignore[assignment]
-    cls.__setattr__ = _setattr  # type: ignore[assignment]
-    cls.__delattr__ = _delattr  # type: ignore[assignment]
+    for name, method in _METHODS.items():
+        setattr(cls, name, method)
     return cls
 
 
@@ -83,3 +79,8 @@ def _setattr(self: Any, name: str, value: Any) -> None:
 
 def _delattr(self: Any, name: str) -> None:
     raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+# what @dataclass(frozen=True) would generate for each class, shared by every record
+_METHODS = {"__init__": _init, "__repr__": _repr, "__eq__": _eq, "__hash__": _hash,
+            "__setattr__": _setattr, "__delattr__": _delattr}
