@@ -107,12 +107,6 @@ def _load_standalone(path: str) -> Any:
     try:
         if os.stat(path).st_uid != os.getuid():
             return None
-        if not os.path.exists(_bytecode(path)):
-            # compiled once here even where PYTHONDONTWRITEBYTECODE forbids the import to write it
-            # (it only forbids writing): compiling the 170 KB module costs more than it saves
-            import py_compile
-
-            py_compile.compile(path, doraise=True)
         name = "netc_dsl_" + os.path.basename(path)[:-3]
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
@@ -124,28 +118,25 @@ def _load_standalone(path: str) -> Any:
 
 
 def _remove_stale(path: str) -> None:
-    """Delete the parsers of earlier grammars (and Lark's older pickle caches) beside path."""
+    """Delete the parsers of earlier grammars, their bytecode (and Lark's older pickle caches) beside path."""
+    import importlib.util
+
     directory, current = os.path.split(path)
     for name in os.listdir(directory):
         stale = name.startswith(("grammar_", "grammar-")) and name.endswith((".py", ".lark-cache"))
         if stale and name != current:
-            for old in (os.path.join(directory, name), _bytecode(os.path.join(directory, name))):
+            old = os.path.join(directory, name)
+            for file in (old, importlib.util.cache_from_source(old)) if name.endswith(".py") else (old,):
                 try:
-                    os.unlink(old)
+                    os.unlink(file)
                 except OSError:
                     pass
-
-
-def _bytecode(path: str) -> str:
-    """Where Python keeps the compiled module of path (`__pycache__/NAME.cpython-XY.pyc`)."""
-    import importlib.util
-
-    return importlib.util.cache_from_source(path) if path.endswith(".py") else path + ".none"
 
 
 def _write_standalone(grammar: str, path: str) -> Any:
     """Build the tables with Lark, write them as a module next to path (atomically), then load it."""
     import io
+    import py_compile
 
     import lark
     from lark.tools.standalone import gen_standalone
@@ -157,8 +148,11 @@ def _write_standalone(grammar: str, path: str) -> Any:
         with open(temporary, "w", encoding="utf-8") as file:
             file.write(text.getvalue())
         os.replace(temporary, path)  # a concurrent reader sees the old file or the whole new one
+        # its bytecode, written even where PYTHONDONTWRITEBYTECODE stops imports from writing it:
+        # compiling the 170 KB module in every process would cost more than not importing Lark saves
+        py_compile.compile(path, doraise=True)
         _remove_stale(path)
-    except OSError:
+    except (OSError, py_compile.PyCompileError):
         try:
             os.unlink(temporary)
         except OSError:
