@@ -13,6 +13,7 @@ builds the tables in every process, as netc does without a usable cache director
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import statistics
@@ -35,6 +36,15 @@ def _one_run(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def _class_cost(decorate: object, count: int = 200) -> float:
+    """Milliseconds to create one 3-field class with `decorate` (a frozen dataclass, or @record)."""
+    started = time.perf_counter()
+    for index in range(count):
+        namespace = {"__annotations__": {"a": "int", "b": "str", "c": "Loc"}, "__doc__": "a record"}
+        decorate(type(f"C{index}", (), namespace))  # type: ignore[operator]
+    return (time.perf_counter() - started) * 1000 / count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("file", nargs="?", default="examples/lenet.net")
@@ -54,6 +64,11 @@ def main() -> None:
         uncached = [_one_run(command, uncached_env) for _ in range(max(args.runs // 2, 1))]
     baseline = [_one_run([sys.executable, "-c", "pass"], base) for _ in range(args.runs)]
     print(f"netc compile {args.file}: {args.runs} fresh processes, load average {os.getloadavg()[0]:.2f}")
+    from netc.dsl.record import record  # what one front-end class costs at import, each way
+
+    frozen = dataclasses.dataclass(frozen=True)
+    print(f"  class creation: @dataclass(frozen=True) {_class_cost(frozen):.3f} ms, "
+          f"@record {_class_cost(record):.3f} ms a class")
     print(f"  first run (empty cache): wall {first[0] * 1000:6.1f} ms   cpu {first[1] * 1000:6.1f} ms")
     for label, samples in (("cached parser", runs), ("no cache directory", uncached),
                            ("python -c pass", baseline)):

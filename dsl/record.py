@@ -1,12 +1,13 @@
 """`@record`: a frozen dataclass whose methods are shared, not generated per class (start-up time).
 
-`@dataclass(frozen=True)` compiles six functions for each class (`__init__`, `__repr__`, `__eq__`,
-`__hash__`, `__setattr__`, `__delattr__`) with `exec` when the module is imported: about 0.55 ms
-a class on a 2-core machine, 25 classes in the front end, a seventh of a cold `netc compile`
-(issue 14's budget is 100 ms). A record is the same dataclass - `dataclasses.fields`, `asdict`,
-`replace` and `is_dataclass` work on it, defaults and `field(default_factory=...)` too - whose
-methods are the generic ones below, written once: they loop over the fields where dataclass's
-would be unrolled, which costs nothing at the sizes of a syntax tree or a graph.
+`@dataclass(frozen=True)` compiles six functions for each class (`__init__`, `__repr__`,
+`__eq__`, `__hash__`, `__setattr__`, `__delattr__`) with `exec` when the module is imported:
+0.55 to 0.95 ms a class on a 2-core machine (`bench/frontend_time.py` prints it), 25 classes in
+the front end: a seventh of a cold `netc compile` (issue 14's budget is 100 ms). A record is the
+same dataclass - `dataclasses.fields`, `asdict`, `replace` and `is_dataclass` work on it,
+defaults and `field(default_factory=...)` too - whose methods are the generic ones below,
+written once: they loop over the fields where dataclass's would be unrolled, which costs nothing
+at the sizes of a syntax tree or a graph.
 """
 
 from __future__ import annotations
